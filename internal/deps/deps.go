@@ -1,0 +1,16 @@
+// Package deps pins the project's module dependencies while the packages
+// that use them are written; it is removed once they import them directly.
+package deps
+
+import (
+	_ "github.com/cespare/xxhash/v2"
+	_ "github.com/dgraph-io/badger/v4"
+	_ "github.com/hanwen/go-fuse/v2/fs"
+	_ "github.com/hanwen/go-fuse/v2/fuse"
+	_ "github.com/hanwen/go-fuse/v2/posixtest"
+	_ "github.com/hashicorp/raft"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+	_ "github.com/spf13/cobra"
+	_ "golang.org/x/sys/unix"
+)
