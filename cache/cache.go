@@ -6,6 +6,51 @@
 // [Index*PageSize, (Index+1)*PageSize) of the block. Blocks are immutable
 // and block ids are never reused, so a cached page never goes stale; caches
 // need eviction and garbage collection, never invalidation.
+//
+// # Read path
+//
+// Cache.ReadPage asks the tiers in order (memory, then the extra tiers
+// given to New) and promotes a hit in a later tier to the earlier ones. A
+// page missing everywhere is read from the Backend (the store) exactly once
+// however many readers miss it together (single flight per PageKey), then
+// offered to every tier. A backend that returns fewer bytes than the block
+// map promised is an error (ErrShortPage), never zeros. Cache.PutBlock
+// writes a new block's pages through to the tiers, Cache.DropBlock removes
+// a garbage-collected block from all of them.
+//
+// # Memory tier
+//
+// The memory tier is an arena of fixed-size slots: a 64-byte header {page
+// key, length, generation, CRC-32C of the page bytes} followed by PageSize
+// page bytes. The arena is mmap'd lazily in 32 MiB segments up to
+// Config.MemBytes (headers included) and slots are reused on eviction, so
+// a large cache costs nothing at start and never exceeds its bound. The
+// layout is made for one-sided reads: a later issue registers each segment
+// as an RDMA memory region, and a neighbor that READs a slot checks key,
+// generation and checksum, so a slot rewritten under it costs a retry,
+// never wrong bytes. Local reads verify the checksum too; a mismatch drops
+// the slot, counts datenlord_cache_checksum_failures_total and is a miss.
+//
+// A hash index maps PageKey to slot and a per-block chain of slots makes
+// DropBlock cost the block's cached pages. Eviction order comes from a
+// Policy over slot ids (LRU today: an intrusive list in arrays, so hits and
+// inserts allocate nothing; MRU and S3-FIFO or ARC later, chosen with the
+// Access hint). One mutex guards index and policy with short critical
+// sections: a reader pins its slot under the lock and copies and checks
+// the bytes outside it; a pinned slot is never reused.
+//
+// # Later tiers
+//
+// The NVMe tier (io_uring, O_DIRECT, persisted index) and the neighbor tier
+// (rendezvous-hashed owner, RDMA READ or TCP) implement Tier and are passed
+// to New as extra tiers; the cache defines the interfaces it consumes.
+//
+// # Metrics
+//
+// datenlord_cache_hits_total{tier}, datenlord_cache_misses_total{tier},
+// datenlord_cache_bytes{tier}, datenlord_cache_evictions_total{tier} and
+// datenlord_cache_checksum_failures_total{tier}, registered when
+// Config.Registerer is set.
 package cache
 
 import (

@@ -1,6 +1,29 @@
 // Package store is the persistence layer: immutable blocks, written once
 // under a unique id and read back by range. Backends: a local directory
 // (file://) and, in a later issue, S3 (s3://).
+//
+// # Local directory
+//
+// LocalStore keeps block id in <root>/blocks/<xx>/<id> (id as 16 hex
+// digits, xx its last two, so no directory holds more than 1/256 of the
+// blocks). Put writes a temporary file beside the block, fsyncs it, renames
+// it into place and fsyncs the directory: a block is durable when Put
+// returns and never visible half written. Temporary files left by a crash
+// are invisible to List and removed by Open after an hour (Sweep). All file
+// I/O goes through a small internal seam (pread/pwrite today, io_uring
+// later) that tests wrap to inject errors and record the fsync order.
+//
+// # Errors
+//
+// Errors carry the operation, the block id and the path, and wrap the
+// system error, so errors.Is(err, syscall.ENOSPC) (or EROFS, EACCES) works.
+// A missing block wraps ErrNotFound.
+//
+// # Metrics
+//
+// With Options.Registerer set: datenlord_store_requests_total{op,outcome}
+// (op put, get, delete, list; outcome ok, error, not_found) and
+// datenlord_store_request_duration_seconds{op}.
 package store
 
 import (
