@@ -1,0 +1,657 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/meta"
+)
+
+// openFile is the state of an inode that is open on this node, shared by
+// all its handles and refcounted by them. Regular files carry their data
+// state; directories (and inodes being purged) only use the refcount,
+// which defers the purge of an unlinked inode to the last release.
+type openFile struct {
+	ino meta.Ino
+
+	// Guarded by fileSystem.mu.
+	refs     int
+	unlinked bool // nlink reached 0: purge on the last release
+
+	// mu guards the fields below. Reads take it shared; writes, flushes
+	// and truncation take it exclusively, so a flush never races a write
+	// of the same file.
+	mu       sync.RWMutex
+	blocks   meta.BlockMap
+	loadedAt uint64 // meta applied index read before blocks was loaded
+	size     uint64 // this node's view, including dirty writes
+	mtime    int64
+	dirty    map[uint64]*dirtyBlock // by block index
+}
+
+// dirtyBlock is a whole block of merged content that is not yet in the
+// store: old bytes read on first write, overwritten by new writes.
+type dirtyBlock struct {
+	buf []byte // len == block size
+}
+
+// handle is an open file handle (one open file description).
+type handle struct {
+	file    *openFile
+	append  bool
+	lastEnd atomic.Uint64 // end of the last read, for sequential detection
+}
+
+// acquire returns the open-file state of ino with one more reference,
+// creating it if needed.
+func (fs *fileSystem) acquire(ino meta.Ino) (f *openFile, created bool) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	f = fs.files[ino]
+	if f == nil {
+		f = &openFile{ino: ino, dirty: make(map[uint64]*dirtyBlock)}
+		fs.files[ino] = f
+		created = true
+	}
+	f.refs++
+	return f, created
+}
+
+// acquireExisting is acquire for a file that is already open, or nil.
+func (fs *fileSystem) acquireExisting(ino meta.Ino) *openFile {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	f := fs.files[ino]
+	if f != nil {
+		f.refs++
+	}
+	return f
+}
+
+// unref drops a reference. The last one flushes what is still dirty
+// (logging errors: nobody is left to report them to), purges the inode if
+// it was unlinked meanwhile and forgets the state. The purge runs under
+// f.mu with f still registered, so an open that races with it waits and
+// then finds the inode gone, instead of opening an inode being purged.
+func (fs *fileSystem) unref(f *openFile) {
+	fs.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	fs.mu.Unlock()
+	if !last {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.dirty) > 0 {
+		if err := fs.flushLocked(fs.ctx(), f); err != nil {
+			fs.log.Error("fs: flush on release failed, dropping unflushed writes",
+				"ino", f.ino, "dirty_blocks", len(f.dirty), "err", err)
+			fs.dropDirty(f)
+		}
+	}
+	fs.mu.Lock()
+	purge := f.refs == 0 && f.unlinked
+	fs.mu.Unlock()
+	if purge {
+		fs.purge(f.ino)
+	}
+	fs.mu.Lock()
+	if f.refs == 0 && fs.files[f.ino] == f {
+		delete(fs.files, f.ino)
+	}
+	fs.mu.Unlock()
+}
+
+func (fs *fileSystem) dropDirty(f *openFile) {
+	fs.budget.release(int64(len(f.dirty)) * int64(fs.blockSize))
+	clear(f.dirty)
+}
+
+// loadBlocks (re)loads the block map of f; f.mu must be held. The applied
+// index is read first, so garbage freed at or below it is not in the map.
+func (fs *fileSystem) loadBlocks(ctx context.Context, f *openFile) error {
+	idx := fs.md.AppliedIndex()
+	bm, err := fs.md.Blocks(ctx, f.ino)
+	if err != nil {
+		return fmt.Errorf("load block map of inode %d: %w", f.ino, err)
+	}
+	if bm == nil {
+		bm = make(meta.BlockMap)
+	}
+	f.blocks = bm
+	f.loadedAt = idx
+	return nil
+}
+
+// oldestOpenIndex is FS.OldestOpenIndex.
+func (fs *fileSystem) oldestOpenIndex() (uint64, bool) {
+	fs.mu.RLock()
+	files := slices.Collect(maps.Values(fs.files))
+	fs.mu.RUnlock()
+	var oldest uint64
+	found := false
+	for _, f := range files {
+		f.mu.RLock()
+		idx, loaded := f.loadedAt, f.blocks != nil
+		f.mu.RUnlock()
+		if !loaded {
+			continue // a directory, or a file whose open failed
+		}
+		if !found || idx < oldest {
+			oldest, found = idx, true
+		}
+	}
+	return oldest, found
+}
+
+// openRegular opens ino for a new handle: it refreshes the block map
+// (close-to-open) unless this node holds unflushed writes, which are newer.
+func (fs *fileSystem) openRegular(ino meta.Ino, flags uint32) (uint64, fuse.Status) {
+	ctx := fs.ctx()
+	f, _ := fs.acquire(ino)
+	f.mu.Lock()
+	a, err := fs.md.GetAttr(ctx, ino)
+	st := fs.toStatus("open", err)
+	if st.Ok() && !a.IsRegular() {
+		st = fuse.EINVAL
+		if a.IsDir() {
+			st = fuse.EISDIR
+		}
+	}
+	if st.Ok() && len(f.dirty) == 0 {
+		if err := fs.loadBlocks(ctx, f); err != nil {
+			st = fs.toStatus("open", err)
+		}
+		f.size = a.Size
+		f.mtime = a.Mtime
+	}
+	f.mu.Unlock()
+	if !st.Ok() {
+		fs.unref(f)
+		return 0, st
+	}
+	if flags&syscall.O_TRUNC != 0 && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		if _, st := fs.setAttr(ino, meta.SetAttrRequest{Valid: meta.SetSize, Now: now()}, false); !st.Ok() {
+			fs.unref(f)
+			return 0, st
+		}
+	}
+	h := &handle{file: f, append: flags&syscall.O_APPEND != 0}
+	h.lastEnd.Store(^uint64(0))
+	fs.mu.Lock()
+	fs.nextFh++
+	fh := fs.nextFh
+	fs.fhs[fh] = h
+	fs.mu.Unlock()
+	return fh, fuse.OK
+}
+
+func (fs *fileSystem) handle(fh uint64) *handle {
+	fs.mu.RLock()
+	defer fs.mu.RUnlock()
+	return fs.fhs[fh]
+}
+
+func (fs *fileSystem) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) (code fuse.Status) {
+	defer fs.m.done(opOpen, time.Now(), &code)
+	fh, st := fs.openRegular(meta.Ino(in.NodeId), in.Flags)
+	if !st.Ok() {
+		return st
+	}
+	out.Fh = fh
+	// No FOPEN_KEEP_CACHE: the kernel drops its cached pages of the file
+	// on every open (close-to-open). Open flags are never echoed back.
+	out.OpenFlags = 0
+	return fuse.OK
+}
+
+func (fs *fileSystem) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) (code fuse.Status) {
+	defer fs.m.done(opCreate, time.Now(), &code)
+	a, st := fs.create(&in.InHeader, name, in.Mode&07777|syscall.S_IFREG, 0, "")
+	if st == fuse.Status(syscall.EEXIST) && in.Flags&syscall.O_EXCL == 0 {
+		// Lost a race with another creator: open what is there.
+		var err error
+		a, err = fs.md.Lookup(fs.ctx(), meta.Ino(in.NodeId), name)
+		st = fs.toStatus("create", err)
+	}
+	if !st.Ok() {
+		return st
+	}
+	fh, st := fs.openRegular(a.Ino, in.Flags)
+	if !st.Ok() {
+		return st
+	}
+	fs.fillEntry(&a, &out.EntryOut)
+	out.Fh = fh
+	out.OpenFlags = 0
+	return fuse.OK
+}
+
+func (fs *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	var code fuse.Status
+	defer fs.m.done(opRelease, time.Now(), &code)
+	fs.mu.Lock()
+	h := fs.fhs[in.Fh]
+	delete(fs.fhs, in.Fh)
+	fs.mu.Unlock()
+	if h != nil {
+		fs.unref(h.file)
+	}
+}
+
+func (fs *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (_ fuse.ReadResult, code fuse.Status) {
+	defer fs.m.done(opRead, time.Now(), &code)
+	h := fs.handle(in.Fh)
+	if h == nil {
+		return nil, fuse.EBADF
+	}
+	f := h.file
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if in.Offset >= f.size {
+		return fuse.ReadResultData(nil), fuse.OK
+	}
+	n := min(uint64(in.Size), f.size-in.Offset, uint64(len(buf)))
+	dst := buf[:n]
+	access := cache.AccessRandom
+	if h.lastEnd.Swap(in.Offset+n) == in.Offset {
+		access = cache.AccessSequential
+		// Readahead hook: the next issue starts prefetching here.
+	}
+	if err := fs.readLocked(fs.ctx(), f, in.Offset, dst, access); err != nil {
+		return nil, fs.toStatus("read", err)
+	}
+	return fuse.ReadResultData(dst), fuse.OK
+}
+
+// readLocked fills dst with the file bytes at off (f.mu held, off+len(dst)
+// <= f.size): dirty blocks from memory, holes as zeros, the rest from the
+// page cache.
+func (fs *fileSystem) readLocked(ctx context.Context, f *openFile, off uint64, dst []byte, access cache.Access) error {
+	bs := fs.blockSize
+	for len(dst) > 0 {
+		bi, boff := off/bs, off%bs
+		chunk := min(uint64(len(dst)), bs-boff)
+		if d := f.dirty[bi]; d != nil {
+			copy(dst[:chunk], d.buf[boff:])
+		} else if ref, ok := f.blocks[bi]; ok && ref.ID != 0 {
+			if err := fs.readBlock(ctx, ref, boff, dst[:chunk], access); err != nil {
+				return err
+			}
+		} else {
+			clear(dst[:chunk])
+		}
+		dst = dst[chunk:]
+		off += chunk
+	}
+	return nil
+}
+
+// readBlock reads bytes [boff, boff+len(dst)) of a stored block through
+// the cache; bytes at or past ref.Len are zeros.
+func (fs *fileSystem) readBlock(ctx context.Context, ref meta.BlockRef, boff uint64, dst []byte, access cache.Access) error {
+	ps := fs.pageSize
+	blen := uint64(ref.Len)
+	for len(dst) > 0 {
+		pi, poff := boff/ps, boff%ps
+		chunk := min(uint64(len(dst)), ps-poff)
+		pageStart := pi * ps
+		if pageStart >= blen {
+			clear(dst[:chunk])
+		} else {
+			valid := int(min(ps, blen-pageStart))
+			key := cache.PageKey{Block: uint64(ref.ID), Index: uint32(pi)}
+			if poff == 0 && chunk == ps {
+				n, err := fs.cache.ReadPage(ctx, key, valid, dst[:ps], access)
+				if err != nil {
+					return fmt.Errorf("read block %d page %d: %w", ref.ID, pi, err)
+				}
+				clear(dst[min(n, valid):ps])
+			} else {
+				pb := fs.pages.Get().(*[]byte)
+				page := *pb
+				n, err := fs.cache.ReadPage(ctx, key, valid, page, access)
+				if err != nil {
+					fs.pages.Put(pb)
+					return fmt.Errorf("read block %d page %d: %w", ref.ID, pi, err)
+				}
+				n = min(n, valid)
+				clear(page[n:])
+				copy(dst[:chunk], page[poff:])
+				fs.pages.Put(pb)
+			}
+		}
+		dst = dst[chunk:]
+		boff += chunk
+	}
+	return nil
+}
+
+func (fs *fileSystem) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	return fs.Writev(cancel, in, [][]byte{data})
+}
+
+func (fs *fileSystem) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (written uint32, code fuse.Status) {
+	defer fs.m.done(opWrite, time.Now(), &code)
+	h := fs.handle(in.Fh)
+	if h == nil {
+		return 0, fuse.EBADF
+	}
+	var total uint64
+	for _, d := range data {
+		total += uint64(len(d))
+	}
+	f := h.file
+	ctx := fs.ctx()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	off := in.Offset
+	if h.append {
+		off = f.size
+	}
+	if off+total < off {
+		return 0, fuse.Status(syscall.EFBIG)
+	}
+	if err := fs.reserveLocked(ctx, f, off, total); err != nil {
+		return 0, fs.flushStatus("write", err)
+	}
+	pos := off
+	for _, d := range data {
+		if err := fs.writeLocked(ctx, f, pos, d); err != nil {
+			fs.budget.release(fs.unusedReservation(f, pos, off+total))
+			return uint32(pos - off), fs.toStatus("write", err)
+		}
+		pos += uint64(len(d))
+	}
+	if pos > f.size {
+		f.size = pos
+	}
+	f.mtime = now()
+	return uint32(total), fuse.OK
+}
+
+// newBlocks counts the blocks of [off, end) that are not dirty yet.
+func (fs *fileSystem) newBlocks(f *openFile, off, end uint64) int64 {
+	if end <= off {
+		return 0
+	}
+	var n int64
+	for bi := off / fs.blockSize; bi <= (end-1)/fs.blockSize; bi++ {
+		if f.dirty[bi] == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (fs *fileSystem) unusedReservation(f *openFile, off, end uint64) int64 {
+	return fs.newBlocks(f, off, end) * int64(fs.blockSize)
+}
+
+// reserveLocked takes dirty budget for the new dirty blocks of a write of
+// n bytes at off (f.mu held). Over budget, it flushes this file first,
+// then the other dirty files, so memory stays bounded.
+func (fs *fileSystem) reserveLocked(ctx context.Context, f *openFile, off, n uint64) error {
+	for attempt := 0; ; attempt++ {
+		need := fs.newBlocks(f, off, off+n) * int64(fs.blockSize)
+		if fs.budget.tryAcquire(need) {
+			return nil
+		}
+		if len(f.dirty) > 0 {
+			if err := fs.flushLocked(ctx, f); err != nil {
+				return err
+			}
+			continue
+		}
+		// Others hold the budget: flush them without holding our lock
+		// (they may be waiting for theirs).
+		f.mu.Unlock()
+		err := fs.flushAllExcept(ctx, f)
+		if attempt > 2 {
+			time.Sleep(time.Millisecond * time.Duration(min(attempt, 50)))
+		}
+		f.mu.Lock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// writeLocked copies data into the dirty blocks at off (budget reserved).
+func (fs *fileSystem) writeLocked(ctx context.Context, f *openFile, off uint64, data []byte) error {
+	bs := fs.blockSize
+	for len(data) > 0 {
+		bi, boff := off/bs, off%bs
+		chunk := min(uint64(len(data)), bs-boff)
+		d := f.dirty[bi]
+		if d == nil {
+			d = &dirtyBlock{buf: make([]byte, bs)}
+			if boff != 0 || chunk != bs {
+				// Partial write: merge with the old content.
+				start := bi * bs
+				if ref, ok := f.blocks[bi]; ok && ref.ID != 0 && start < f.size {
+					valid := min(uint64(ref.Len), f.size-start, bs)
+					if err := fs.readBlock(ctx, ref, 0, d.buf[:valid], cache.AccessRandom); err != nil {
+						return err
+					}
+				}
+			}
+			f.dirty[bi] = d
+		}
+		copy(d.buf[boff:], data[:chunk])
+		data = data[chunk:]
+		off += chunk
+	}
+	return nil
+}
+
+// putError marks a failed store write, whose errno is reported as ENOSPC
+// or EIO.
+type putError struct{ err error }
+
+func (e *putError) Error() string { return e.err.Error() }
+func (e *putError) Unwrap() error { return e.err }
+
+func (fs *fileSystem) flushStatus(op string, err error) fuse.Status {
+	if err == nil {
+		return fuse.OK
+	}
+	var pe *putError
+	if errors.As(err, &pe) {
+		return fs.storeStatus(op, err)
+	}
+	return fs.toStatus(op, err)
+}
+
+// flushParallelism bounds the concurrent block writes of one flush.
+const flushParallelism = 6
+
+// flushLocked writes every dirty block of f as a new block, then commits
+// them with size and mtime in one meta command (f.mu held). On error the
+// data stays dirty and the metadata is untouched.
+func (fs *fileSystem) flushLocked(ctx context.Context, f *openFile) error {
+	if len(f.dirty) == 0 {
+		return nil
+	}
+	bs := fs.blockSize
+	idxs := slices.Sorted(maps.Keys(f.dirty))
+	ids, err := fs.ids.alloc(ctx, len(idxs))
+	if err != nil {
+		return fmt.Errorf("flush inode %d: %w", f.ino, err)
+	}
+	defer fs.ids.done(ids)
+	refs := make(map[uint64]meta.BlockRef, len(idxs))
+	var (
+		wg      sync.WaitGroup
+		sem     = make(chan struct{}, flushParallelism)
+		errMu   sync.Mutex
+		firstEr error
+	)
+	for i, bi := range idxs {
+		start := bi * bs
+		if start >= f.size {
+			refs[bi] = meta.BlockRef{} // hole: nothing of it is in the file
+			continue
+		}
+		valid := min(bs, f.size-start)
+		refs[bi] = meta.BlockRef{ID: ids[i], Len: uint32(valid)}
+		data := f.dirty[bi].buf[:valid]
+		id := uint64(ids[i])
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fs.store.Put(ctx, id, data); err != nil {
+				errMu.Lock()
+				if firstEr == nil {
+					firstEr = &putError{fmt.Errorf("flush inode %d: put block %d: %w", f.ino, id, err)}
+				}
+				errMu.Unlock()
+				return
+			}
+			fs.cache.PutBlock(ctx, id, data, cache.AccessRandom)
+		})
+	}
+	wg.Wait()
+	if firstEr != nil {
+		return firstEr
+	}
+	t := now()
+	a, err := fs.md.CommitWrite(ctx, meta.WriteCommit{
+		Ino:       f.ino,
+		Blocks:    refs,
+		Size:      f.size,
+		Mtime:     f.mtime,
+		Now:       t,
+		BlockSize: uint32(bs),
+	})
+	if err != nil {
+		return fmt.Errorf("flush inode %d: commit: %w", f.ino, err)
+	}
+	fs.dropDirty(f)
+	f.size = a.Size
+	f.mtime = a.Mtime
+	if err := fs.loadBlocks(ctx, f); err != nil {
+		// The commit succeeded; keep serving from the local view.
+		fs.log.Warn("fs: reload block map after commit", "ino", f.ino, "err", err)
+		for bi, ref := range refs {
+			if ref.ID == 0 {
+				delete(f.blocks, bi)
+			} else {
+				f.blocks[bi] = ref
+			}
+		}
+	}
+	return nil
+}
+
+// flushFile flushes the file of a handle.
+func (fs *fileSystem) flushHandle(fh uint64, op string) fuse.Status {
+	h := fs.handle(fh)
+	if h == nil {
+		return fuse.EBADF
+	}
+	f := h.file
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fs.flushStatus(op, fs.flushLocked(fs.ctx(), f))
+}
+
+// Flush is called on every close(2) of a descriptor: it is the durability
+// point of close-to-open consistency.
+func (fs *fileSystem) Flush(cancel <-chan struct{}, in *fuse.FlushIn) (code fuse.Status) {
+	defer fs.m.done(opFlush, time.Now(), &code)
+	return fs.flushHandle(in.Fh, "flush")
+}
+
+func (fs *fileSystem) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) (code fuse.Status) {
+	defer fs.m.done(opFsync, time.Now(), &code)
+	return fs.flushHandle(in.Fh, "fsync")
+}
+
+// flushAll flushes every open file (Unmount, FS.Flush).
+func (fs *fileSystem) flushAll(ctx context.Context) error { return fs.flushAllExcept(ctx, nil) }
+
+func (fs *fileSystem) flushAllExcept(ctx context.Context, skip *openFile) error {
+	fs.mu.RLock()
+	files := slices.Collect(maps.Values(fs.files))
+	fs.mu.RUnlock()
+	var errs []error
+	for _, f := range files {
+		if f == skip {
+			continue
+		}
+		f.mu.Lock()
+		err := fs.flushLocked(ctx, f)
+		f.mu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (fs *fileSystem) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) (code fuse.Status) {
+	defer fs.m.done(opLseek, time.Now(), &code)
+	h := fs.handle(in.Fh)
+	if h == nil {
+		return fuse.EBADF
+	}
+	h.file.mu.RLock()
+	size := h.file.size
+	h.file.mu.RUnlock()
+	// Data is reported everywhere below the size (holes are not tracked
+	// for lseek); the only hole is the virtual one at EOF.
+	switch in.Whence {
+	case unix.SEEK_DATA:
+		if in.Offset >= size {
+			return fuse.Status(syscall.ENXIO)
+		}
+		out.Offset = in.Offset
+	case unix.SEEK_HOLE:
+		if in.Offset > size {
+			return fuse.Status(syscall.ENXIO)
+		}
+		out.Offset = size
+	default:
+		return fuse.EINVAL
+	}
+	return fuse.OK
+}
+
+func (fs *fileSystem) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) (code fuse.Status) {
+	defer fs.m.done(opFallocate, time.Now(), &code)
+	h := fs.handle(in.Fh)
+	if h == nil {
+		return fuse.EBADF
+	}
+	if in.Length == 0 {
+		return fuse.EINVAL
+	}
+	end := in.Offset + in.Length
+	if end < in.Offset || end > 1<<63-1 {
+		return fuse.Status(syscall.EFBIG)
+	}
+	switch in.Mode {
+	case 0:
+		// Extend the size without writing: the new range is a hole that
+		// reads as zeros. Nothing is reserved (the store has no quota).
+		_, st := fs.setAttr(h.file.ino, meta.SetAttrRequest{Valid: meta.SetSize, Size: end, Now: now()}, true)
+		return st
+	case unix.FALLOC_FL_KEEP_SIZE:
+		return fuse.OK
+	default:
+		return fuse.Status(syscall.EOPNOTSUPP)
+	}
+}
