@@ -239,6 +239,35 @@ func (fs *fileSystem) Create(cancel <-chan struct{}, in *fuse.CreateIn, name str
 	return fuse.OK
 }
 
+// Tmpfile creates an O_TMPFILE file: an orphan from birth, purged on its
+// last close unless linkat(2) names it first.
+func (fs *fileSystem) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) (code fuse.Status) {
+	defer fs.m.done(opCreate, time.Now(), &code)
+	a, err := fs.md.Create(fs.ctx(), meta.CreateRequest{
+		Parent:   meta.Ino(in.NodeId),
+		Mode:     in.Mode&07777 | syscall.S_IFREG,
+		Uid:      in.Uid,
+		Gid:      in.Gid,
+		Now:      now(),
+		Unlinked: true,
+	})
+	if err != nil {
+		return fs.toStatus("tmpfile", err)
+	}
+	fh, st := fs.openRegular(a.Ino, in.Flags)
+	if !st.Ok() {
+		fs.purge(a.Ino)
+		return st
+	}
+	fs.mu.Lock()
+	fs.fhs[fh].file.unlinked = true
+	fs.mu.Unlock()
+	fs.fillEntry(&a, &out.EntryOut)
+	out.Fh = fh
+	out.OpenFlags = 0
+	return fuse.OK
+}
+
 func (fs *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	var code fuse.Status
 	defer fs.m.done(opRelease, time.Now(), &code)

@@ -86,7 +86,7 @@ type Metadata interface {
 	Readlink(ctx context.Context, ino meta.Ino) (string, error)
 	Link(ctx context.Context, ino, newParent meta.Ino, newName string, now int64) (meta.Attr, error)
 	Unlink(ctx context.Context, parent meta.Ino, name string, now int64) (meta.Attr, error)
-	Rmdir(ctx context.Context, parent meta.Ino, name string, now int64) error
+	Rmdir(ctx context.Context, parent meta.Ino, name string, now int64) (meta.Attr, error)
 	Rename(ctx context.Context, parent meta.Ino, name string, newParent meta.Ino, newName string, flags meta.RenameFlags, now int64) (meta.RenameResult, error)
 	ReadDir(ctx context.Context, ino meta.Ino, after string, limit int) ([]meta.Dirent, error)
 	Blocks(ctx context.Context, ino meta.Ino) (meta.BlockMap, error)

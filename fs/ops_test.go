@@ -831,3 +831,62 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("ops counters: create/ok=%v write/ok=%v lookup/errno=%v", found["create/ok"], found["write/ok"], found["lookup/errno"])
 	}
 }
+
+// TestTmpfile checks O_TMPFILE: the file is in no directory and purged on
+// close, unless linkat(2) names it first, after which it is an ordinary
+// file whose content survives a restart.
+func TestTmpfile(t *testing.T) {
+	h := fstest.Start(t)
+	ctx := context.Background()
+	waitPurged := func(ino meta.Ino) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := h.Meta.GetAttr(ctx, ino)
+			if errors.Is(err, syscall.ENOENT) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tmpfile inode %d not purged after close: %v", ino, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// Never named: gone after close.
+	fd, err := unix.Open(h.Mountpoint, unix.O_TMPFILE|unix.O_RDWR, 0o600)
+	must(t, err)
+	var st unix.Stat_t
+	must(t, unix.Fstat(fd, &st))
+	if st.Nlink != 0 {
+		t.Errorf("tmpfile nlink = %d, want 0", st.Nlink)
+	}
+	must(t, unix.Close(fd))
+	waitPurged(meta.Ino(st.Ino))
+
+	// Named with linkat through /proc/self/fd: an ordinary file.
+	fd, err = unix.Open(h.Mountpoint, unix.O_TMPFILE|unix.O_RDWR, 0o640)
+	must(t, err)
+	data := randBytes(9, 300<<10)
+	_, err = unix.Pwrite(fd, data, 0)
+	must(t, err)
+	must(t, unix.Fsync(fd))
+	must(t, unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, h.Path("named"), unix.AT_SYMLINK_FOLLOW))
+	must(t, unix.Close(fd))
+	orphans, err := h.Meta.Orphans(ctx)
+	must(t, err)
+	if len(orphans) != 0 {
+		t.Errorf("orphans after naming the tmpfile: %v", orphans)
+	}
+	h.Restart()
+	got, err := os.ReadFile(h.Path("named"))
+	must(t, err)
+	if !bytes.Equal(got, data) {
+		t.Error("named tmpfile content differs after restart")
+	}
+	fi, err := os.Stat(h.Path("named"))
+	must(t, err)
+	if fi.Mode().Perm() != 0o640 || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+		t.Errorf("named tmpfile mode %v nlink %d, want 0640 and 1", fi.Mode(), fi.Sys().(*syscall.Stat_t).Nlink)
+	}
+}

@@ -337,7 +337,12 @@ func (fs *fileSystem) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name strin
 	if st := checkName(name); !st.Ok() {
 		return st
 	}
-	return fs.toStatus("rmdir", fs.md.Rmdir(fs.ctx(), meta.Ino(h.NodeId), name, now()))
+	a, err := fs.md.Rmdir(fs.ctx(), meta.Ino(h.NodeId), name, now())
+	if err != nil {
+		return fs.toStatus("rmdir", err)
+	}
+	fs.orphaned(a.Ino)
+	return fuse.OK
 }
 
 // renameWhiteout is RENAME_WHITEOUT, which only overlay file systems use.

@@ -236,19 +236,41 @@ func TestLinkUnlinkRmdir(t *testing.T) {
 		{"parent not dir", f.Ino, "x", syscall.ENOTDIR},
 	}
 	for _, r := range rmdirs {
-		wantErrno(t, "Rmdir "+r.name, s.Rmdir(ctx, r.parent, r.child, 1), r.want)
+		_, err := s.Rmdir(ctx, r.parent, r.child, 1)
+		wantErrno(t, "Rmdir "+r.name, err, r.want)
 	}
 	before := attr(t, s, RootIno)
 	st0, _ := s.StatFS(ctx)
-	if err := s.Rmdir(ctx, RootIno, "e", 400); err != nil {
+	removed, err := s.Rmdir(ctx, RootIno, "e", 400)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if removed.Ino != e.Ino || removed.Nlink != 0 {
+		t.Errorf("rmdir returned %+v, want ino %d with nlink 0", removed, e.Ino)
 	}
 	after := attr(t, s, RootIno)
 	if after.Nlink != before.Nlink-1 || after.Mtime != 400 {
 		t.Errorf("root after rmdir: nlink %d->%d mtime %d", before.Nlink, after.Nlink, after.Mtime)
 	}
+	// Until Purge the removed directory is an orphan: readable by ino (an
+	// open descriptor can fstat it) and closed to new entries.
+	if got := attr(t, s, e.Ino); !got.IsDir() || got.Nlink != 0 {
+		t.Errorf("orphaned dir attr %+v, want a directory with nlink 0", got)
+	}
+	if orphans, err := s.Orphans(ctx); err != nil || !slices.Contains(orphans, e.Ino) {
+		t.Errorf("orphans %v (%v), want %d listed", orphans, err, e.Ino)
+	}
+	_, err = s.Create(ctx, CreateRequest{Parent: e.Ino, Name: "x", Mode: syscall.S_IFREG | 0o644, Now: 401})
+	wantErrno(t, "Create in removed dir", err, syscall.ENOENT)
+	_, err = s.Link(ctx, f.Ino, e.Ino, "x", 401)
+	wantErrno(t, "Link into removed dir", err, syscall.ENOENT)
+	_, err = s.Rename(ctx, d.Ino, "f2", e.Ino, "x", 0, 401)
+	wantErrno(t, "Rename into removed dir", err, syscall.ENOENT)
+	if err := s.Purge(ctx, e.Ino); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.GetAttr(ctx, e.Ino); err != syscall.ENOENT {
-		t.Errorf("rmdir'd inode still there: %v", err)
+		t.Errorf("purged dir still there: %v", err)
 	}
 	if st1, _ := s.StatFS(ctx); st1.Inodes != st0.Inodes-1 {
 		t.Errorf("inodes %d -> %d", st0.Inodes, st1.Inodes)
@@ -508,8 +530,12 @@ func TestRename(t *testing.T) {
 			if res.Replaced != tr["/b/empty"].Ino || res.ReplacedAttr.Nlink != 0 {
 				t.Errorf("result %+v", res)
 			}
-			if _, err := s.GetAttr(ctx, tr["/b/empty"].Ino); err != syscall.ENOENT {
-				t.Errorf("replaced dir still exists: %v", err)
+			// The replaced directory is an orphan until purged.
+			if got := attr(t, s, tr["/b/empty"].Ino); !got.IsDir() || got.Nlink != 0 {
+				t.Errorf("replaced dir %+v, want an orphaned directory", got)
+			}
+			if orph, _ := s.Orphans(ctx); !slices.Contains(orph, tr["/b/empty"].Ino) {
+				t.Errorf("orphans %v, want the replaced dir", orph)
 			}
 			if a, b := attr(t, s, tr["/a"].Ino), attr(t, s, tr["/b"].Ino); a.Nlink != 2 || b.Nlink != 4 {
 				t.Errorf("nlink /a %d /b %d, want 2 4", a.Nlink, b.Nlink)
@@ -605,5 +631,46 @@ func TestRename(t *testing.T) {
 				t.Errorf("statfs changed %+v -> %+v", st0, st1)
 			}
 		})
+	}
+}
+
+// TestCreateUnlinked covers O_TMPFILE inodes: born as orphans in no
+// directory, named by Link, and refused for anything but regular files.
+func TestCreateUnlinked(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	a, err := s.Create(ctx, CreateRequest{Parent: RootIno, Mode: 0o600, Unlinked: true, Now: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsRegular() || a.Nlink != 0 {
+		t.Fatalf("tmpfile attr %+v, want a regular file with nlink 0", a)
+	}
+	if orphans, _ := s.Orphans(ctx); !slices.Contains(orphans, a.Ino) {
+		t.Errorf("orphans %v, want %d", orphans, a.Ino)
+	}
+	if ents, _ := s.ReadDir(ctx, RootIno, "", 0); len(ents) != 0 {
+		t.Errorf("root lists %v, want nothing", ents)
+	}
+	named, err := s.Link(ctx, a.Ino, RootIno, "named", 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if named.Nlink != 1 {
+		t.Errorf("named tmpfile nlink %d, want 1", named.Nlink)
+	}
+	if orphans, _ := s.Orphans(ctx); len(orphans) != 0 {
+		t.Errorf("orphans %v after naming, want none", orphans)
+	}
+	for _, bad := range []struct {
+		req  CreateRequest
+		want syscall.Errno
+	}{
+		{CreateRequest{Parent: RootIno, Mode: syscall.S_IFDIR | 0o700, Unlinked: true}, syscall.EINVAL},
+		{CreateRequest{Parent: RootIno, Name: "x", Mode: 0o600, Unlinked: true}, syscall.EINVAL},
+		{CreateRequest{Parent: named.Ino, Mode: 0o600, Unlinked: true}, syscall.ENOTDIR},
+	} {
+		_, err := s.Create(ctx, bad.req)
+		wantErrno(t, "Create unlinked", err, bad.want)
 	}
 }

@@ -96,6 +96,19 @@ func (a *applyCtx) dir(ino Ino) (*inodeEntry, error) {
 	return e, nil
 }
 
+// liveDir is dir for a directory that gains an entry: a removed directory
+// (an orphan, still open somewhere) takes no new entries.
+func (a *applyCtx) liveDir(ino Ino) (*inodeEntry, error) {
+	e, err := a.dir(ino)
+	if err != nil {
+		return nil, err
+	}
+	if e.attr.Nlink == 0 {
+		return nil, syscall.ENOENT
+	}
+	return e, nil
+}
+
 func (a *applyCtx) flushInodes() error {
 	for ino, e := range a.inodes {
 		switch {
@@ -236,7 +249,7 @@ func (a *applyCtx) run(c *command) (*applyResult, error) {
 	case opUnlink:
 		res.attr, err = a.unlink(c)
 	case opRmdir:
-		err = a.rmdir(c)
+		res.attr, err = a.rmdir(c)
 	case opRename:
 		res.ino, res.attr2, err = a.rename(c)
 	case opCommitWrite:
@@ -292,10 +305,13 @@ func (a *applyCtx) touchDir(d *inodeEntry, now int64) {
 
 func (a *applyCtx) create(c *command) (Attr, error) {
 	req := c.Create
+	if req.Unlinked {
+		return a.createUnlinked(req)
+	}
 	if err := validName(req.Name); err != nil {
 		return Attr{}, err
 	}
-	parent, err := a.dir(req.Parent)
+	parent, err := a.liveDir(req.Parent)
 	if err != nil {
 		return Attr{}, err
 	}
@@ -419,6 +435,33 @@ func (a *applyCtx) setAttr(c *command) (Attr, error) {
 	return e.attr, nil
 }
 
+// createUnlinked makes an O_TMPFILE inode: a regular file in no directory,
+// listed as an orphan until a link names it.
+func (a *applyCtx) createUnlinked(req *CreateRequest) (Attr, error) {
+	if req.Name != "" {
+		return Attr{}, syscall.EINVAL
+	}
+	if _, err := a.liveDir(req.Parent); err != nil {
+		return Attr{}, err
+	}
+	mode := req.Mode
+	if mode&syscall.S_IFMT == 0 {
+		mode |= syscall.S_IFREG
+	}
+	if mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Attr{}, syscall.EINVAL
+	}
+	attr := Attr{
+		Ino: Ino(a.cnt.NextIno), Mode: mode, Uid: req.Uid, Gid: req.Gid,
+		Atime: req.Now, Mtime: req.Now, Ctime: req.Now, Version: 1,
+	}
+	a.cnt.NextIno++
+	a.cnt.Inodes++
+	a.inodes[attr.Ino] = &inodeEntry{attr: attr, dirty: true}
+	a.set(orphanKey(attr.Ino), nil)
+	return attr, nil
+}
+
 func (a *applyCtx) link(c *command) (Attr, error) {
 	if err := validName(c.NewName); err != nil {
 		return Attr{}, err
@@ -430,13 +473,10 @@ func (a *applyCtx) link(c *command) (Attr, error) {
 	if e.attr.IsDir() {
 		return Attr{}, syscall.EPERM
 	}
-	if e.attr.Nlink == 0 {
-		return Attr{}, syscall.ENOENT
-	}
 	if e.attr.Nlink >= maxLinks {
 		return Attr{}, syscall.EMLINK
 	}
-	parent, err := a.dir(c.NewParent)
+	parent, err := a.liveDir(c.NewParent)
 	if err != nil {
 		return Attr{}, err
 	}
@@ -445,6 +485,13 @@ func (a *applyCtx) link(c *command) (Attr, error) {
 			return Attr{}, syscall.EEXIST
 		}
 		return Attr{}, err
+	}
+	if e.attr.Nlink == 0 {
+		// Naming an orphan: Linux's VFS only lets an O_TMPFILE inode get
+		// here (linkat of any other unlinked inode is ENOENT before the file
+		// system is asked). It stops being an orphan; a node that still
+		// holds it open finds Purge a no-op on its last close.
+		a.del(orphanKey(e.attr.Ino))
 	}
 	e.attr.Nlink++
 	e.attr.Ctime, e.dirty = c.Now, true
@@ -515,45 +562,51 @@ func (a *applyCtx) deleteInode(e *inodeEntry) error {
 	return nil
 }
 
-func (a *applyCtx) rmdir(c *command) error {
+func (a *applyCtx) rmdir(c *command) (Attr, error) {
 	switch c.Name {
 	case ".":
-		return syscall.EINVAL
+		return Attr{}, syscall.EINVAL
 	case "..":
-		return syscall.ENOTEMPTY
+		return Attr{}, syscall.ENOTEMPTY
 	}
 	if err := existingName(c.Name); err != nil {
-		return err
+		return Attr{}, err
 	}
 	parent, err := a.dir(c.Parent)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	ino, _, ok, err := a.dentry(c.Parent, c.Name)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	if !ok {
-		return syscall.ENOENT
+		return Attr{}, syscall.ENOENT
 	}
 	e, err := a.dir(ino)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	empty, err := a.isEmptyDir(ino)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	if !empty {
-		return syscall.ENOTEMPTY
+		return Attr{}, syscall.ENOTEMPTY
 	}
 	a.del(dentryKey(c.Parent, c.Name))
-	if err := a.deleteInode(e); err != nil {
-		return err
-	}
+	a.orphanDir(e, c.Now)
 	parent.attr.Nlink--
 	a.touchDir(parent, c.Now)
-	return nil
+	return e.attr, nil
+}
+
+// orphanDir unlinks an empty directory: like a file at zero links it stays
+// readable by ino (an open descriptor can still fstat it) until Purge.
+func (a *applyCtx) orphanDir(e *inodeEntry, now int64) {
+	e.attr.Nlink = 0
+	e.attr.Ctime, e.dirty = now, true
+	a.set(orphanKey(e.attr.Ino), nil)
 }
 
 // inSubtree reports whether dir d is ino or lies below it, walking Parent
@@ -599,7 +652,7 @@ func (a *applyCtx) rename(c *command) (Ino, Attr, error) {
 	if err != nil {
 		return 0, Attr{}, err
 	}
-	dst, err := a.dir(c.NewParent)
+	dst, err := a.liveDir(c.NewParent)
 	if err != nil {
 		return 0, Attr{}, err
 	}
@@ -697,11 +750,7 @@ func (a *applyCtx) rename(c *command) (Ino, Attr, error) {
 	}
 	if replaced.attr.IsDir() {
 		dst.attr.Nlink--
-		replaced.attr.Nlink = 0
-		replaced.attr.Ctime = c.Now
-		if err := a.deleteInode(replaced); err != nil {
-			return 0, Attr{}, err
-		}
+		a.orphanDir(replaced, c.Now)
 	} else {
 		a.dropLink(replaced, c.Now)
 	}

@@ -420,8 +420,10 @@ func (s *Service) SetAttr(ctx context.Context, ino Ino, req SetAttrRequest) (Att
 // name exists, ENOTDIR if Parent is not a directory, ENAMETOOLONG.
 // Mode without type bits makes a regular file.
 func (s *Service) Create(ctx context.Context, req CreateRequest) (Attr, error) {
-	if err := validName(req.Name); err != nil {
-		return Attr{}, err
+	if !req.Unlinked {
+		if err := validName(req.Name); err != nil {
+			return Attr{}, err
+		}
 	}
 	res, err := s.apply(ctx, &command{Op: opCreate, Create: &req})
 	if err != nil {
@@ -468,15 +470,20 @@ func (s *Service) Unlink(ctx context.Context, parent Ino, name string, now int64
 }
 
 // Rmdir removes an empty directory (ENOTEMPTY otherwise, ENOTDIR if it is
-// not a directory).
-func (s *Service) Rmdir(ctx context.Context, parent Ino, name string, now int64) error {
-	_, err := s.apply(ctx, &command{Op: opRmdir, Parent: parent, Name: name, Now: now})
-	return err
+// not a directory) and returns its attributes afterwards. Like a file at
+// zero links, the directory becomes an orphan (Nlink 0) that stays readable
+// by ino, and takes no new entries, until Purge.
+func (s *Service) Rmdir(ctx context.Context, parent Ino, name string, now int64) (Attr, error) {
+	res, err := s.apply(ctx, &command{Op: opRmdir, Parent: parent, Name: name, Now: now})
+	if err != nil {
+		return Attr{}, err
+	}
+	return res.attr, nil
 }
 
 // Rename implements renameat2 with RENAME_NOREPLACE and RENAME_EXCHANGE.
-// A replaced directory is deleted at once (it was empty); a replaced file
-// loses a link and becomes an orphan at zero links.
+// A replaced directory (it was empty) becomes an orphan like rmdir makes
+// it; a replaced file loses a link and becomes an orphan at zero links.
 func (s *Service) Rename(ctx context.Context, parent Ino, name string, newParent Ino, newName string, flags RenameFlags, now int64) (RenameResult, error) {
 	if err := validName(newName); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return RenameResult{}, err

@@ -107,6 +107,11 @@ type CreateRequest struct {
 	// Target is the symlink target, for S_IFLNK.
 	Target string
 	Now    int64
+	// Unlinked creates a regular file with no name (O_TMPFILE): an orphan
+	// from birth, in no directory, purged on its last close unless a link
+	// names it first. Name must be empty; Parent is only checked to be a
+	// live directory.
+	Unlinked bool
 }
 
 // RenameFlags are the flags of renameat2(2).
