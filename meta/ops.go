@@ -458,9 +458,13 @@ func (a *applyCtx) createUnlinked(req *CreateRequest) (Attr, error) {
 	a.cnt.NextIno++
 	a.cnt.Inodes++
 	a.inodes[attr.Ino] = &inodeEntry{attr: attr, dirty: true}
-	a.set(orphanKey(attr.Ino), nil)
+	a.set(orphanKey(attr.Ino), []byte(orphanLinkable))
 	return attr, nil
 }
+
+// orphanLinkable is the orphan-list value of an O_TMPFILE inode, the only
+// kind of orphan that Link may name again (as Linux's I_LINKABLE).
+const orphanLinkable = "\x01"
 
 func (a *applyCtx) link(c *command) (Attr, error) {
 	if err := validName(c.NewName); err != nil {
@@ -487,10 +491,15 @@ func (a *applyCtx) link(c *command) (Attr, error) {
 		return Attr{}, err
 	}
 	if e.attr.Nlink == 0 {
-		// Naming an orphan: Linux's VFS only lets an O_TMPFILE inode get
-		// here (linkat of any other unlinked inode is ENOENT before the file
-		// system is asked). It stops being an orphan; a node that still
-		// holds it open finds Purge a no-op on its last close.
+		// Only an O_TMPFILE inode may be named again; any other unlinked
+		// inode is gone for good (as in Linux, which checks I_LINKABLE).
+		v, _, err := a.get(orphanKey(e.attr.Ino))
+		if err != nil {
+			return Attr{}, err
+		}
+		if string(v) != orphanLinkable {
+			return Attr{}, syscall.ENOENT
+		}
 		a.del(orphanKey(e.attr.Ino))
 	}
 	e.attr.Nlink++
