@@ -232,7 +232,11 @@ func (t *memoryTier) Put(_ context.Context, key PageKey, data []byte, access Acc
 	t.lens[s] = int32(len(data))
 	t.state[s] = slotValid
 	t.linkBlockLocked(s, key.Block)
-	t.policy.Insert(s, access)
+	if kp, ok := t.policy.(KeyedPolicy); ok { // ghost-keeping policies need the page key
+		kp.InsertKey(s, key, access)
+	} else {
+		t.policy.Insert(s, access)
+	}
 	t.bytes += int64(len(data))
 	t.m.bytes.Set(float64(t.bytes))
 	return nil

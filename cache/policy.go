@@ -5,9 +5,11 @@ package cache
 // the tier's lock, so every method must be O(1)-ish and, after Grow, must
 // not allocate (the hit path calls Touch).
 //
-// LRU is the policy of the memory tier today; MRU for sequential streams
-// and a scan-resistant policy (S3-FIFO or ARC) plug in behind the same
-// interface, using the Access hint to tell scans from random reads.
+// LRU is the memory tier's default when Config.MemoryPolicy is nil. MRU,
+// S3FIFO, TwoQ and Auto (S3-FIFO for random pages, a bounded MRU scan
+// area for sequential ones) plug in behind the same interface;
+// NewPolicyFactory builds them by name, and package cache/policysim
+// compares them on traces against Belady's optimum.
 type Policy interface {
 	// Grow makes slot ids [0, n) valid. n never shrinks.
 	Grow(n int)
@@ -100,4 +102,16 @@ func (l *LRU) unlink(s int32) {
 	}
 	l.prev[s], l.next[s] = noSlot, noSlot
 	l.linked[s] = false
+}
+
+// KeyedPolicy is a Policy that also wants to know which page a slot holds,
+// to remember pages after their slot is reused (the ghost queues of
+// S3-FIFO and 2Q: a page evicted early and soon missed again was not a
+// one-hit wonder). A tier whose policy implements it calls InsertKey
+// instead of Insert; a policy given plain Insert still works, without
+// ghost hits for that slot.
+type KeyedPolicy interface {
+	Policy
+	// InsertKey is Insert for a slot that now holds page key.
+	InsertKey(slot int32, key PageKey, access Access)
 }
