@@ -3,12 +3,17 @@
 package deps
 
 import (
+	_ "github.com/aws/aws-sdk-go-v2/aws"
+	_ "github.com/aws/aws-sdk-go-v2/config"
+	_ "github.com/aws/aws-sdk-go-v2/credentials"
+	_ "github.com/aws/aws-sdk-go-v2/service/s3"
 	_ "github.com/cespare/xxhash/v2"
 	_ "github.com/dgraph-io/badger/v4"
 	_ "github.com/hanwen/go-fuse/v2/fs"
 	_ "github.com/hanwen/go-fuse/v2/fuse"
 	_ "github.com/hanwen/go-fuse/v2/posixtest"
 	_ "github.com/hashicorp/raft"
+	_ "github.com/pawelgaczynski/giouring"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/prometheus/client_golang/prometheus/promhttp"
 	_ "github.com/spf13/cobra"

@@ -1,0 +1,53 @@
+# Targets mirror the CI jobs: what CI runs (.ci/run -> make test), a
+# developer can run by name. Every target says what it does.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+export GO
+export PATH := $(dir $(GO)):$(PATH)
+
+BIN      := bin/datenlord-node
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# make run settings; the DATENLORD_* environment is honoured too.
+MOUNT    ?= $(or $(DATENLORD_MOUNT),/mnt/datenlord)
+DATA_DIR ?= $(or $(DATENLORD_DATA_DIR),/var/lib/datenlord)
+ARGS     ?=
+# make bench: extra go test flags, e.g. BENCHFLAGS='-benchtime 1x'.
+BENCHFLAGS ?=
+
+.PHONY: deps build run test bench clean
+
+deps:
+	@echo "==> deps: installing missing system packages (fuse3, util-linux, gcc, ca-certificates), checking /dev/fuse, downloading Go modules"
+	@./ci/deps.sh
+
+build:
+	@echo "==> build: $(BIN) (version $(VERSION), commit $(COMMIT))"
+	@mkdir -p bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/datenlord-node
+
+run: deps build
+	@echo "==> run: serving $(DATA_DIR) at $(MOUNT) (Ctrl-C unmounts cleanly)"
+	@mkdir -p $(MOUNT)
+	@mkdir -p -m 0700 $(DATA_DIR)
+	./$(BIN) serve --mount $(MOUNT) --data-dir $(DATA_DIR) $(ARGS)
+
+test: deps
+	@echo "==> test: gofmt, go vet, go test ./... (FUSE tests need root), short fuzz runs"
+	@./ci/test.sh
+
+bench: deps
+	@echo "==> bench: go test -bench ./bench/... -> bench/results/"
+	@mkdir -p bench/results
+	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) ./bench/... 2>&1 | tee bench/results/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt
+
+clean:
+	@echo "==> clean: removing bin/, ci/out/ and the test cache"
+	rm -rf bin ci/out
+	$(GO) clean -testcache

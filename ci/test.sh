@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The CI test job: gofmt, go vet, go test (FUSE tests need root), then a
+# short run of every fuzz target in the repository. Every step runs even if
+# an earlier one failed; the last line summarizes, and the exit status is
+# non-zero if any step failed. Logs go to ci/out/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+GO=${GO:-go}
+FUZZTIME=${FUZZTIME:-10s}
+TEST_TIMEOUT=${TEST_TIMEOUT:-20m}
+mkdir -p ci/out
+summary=()
+failed=0
+step() { # step NAME: record the status of the last command
+	local status=$1 name=$2
+	if [ "$status" -eq 0 ]; then summary+=("$name ok"); else summary+=("$name FAIL"); failed=1; fi
+}
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files --cached --others --exclude-standard -- '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt: these files need formatting (run gofmt -w):"
+	echo "$unformatted"
+	step 1 gofmt
+else
+	step 0 gofmt
+fi
+
+echo "== go vet ./..."
+"$GO" vet ./...
+step $? vet
+
+echo "== go test -count=1 -timeout $TEST_TIMEOUT ./...  (log: ci/out/go-test.log)"
+"$GO" test -count=1 -timeout "$TEST_TIMEOUT" ./... 2>&1 | tee ci/out/go-test.log
+step ${PIPESTATUS[0]} test
+
+# Fuzz targets: every "func FuzzX(" in a _test.go file, run for $FUZZTIME each.
+nfuzz=0
+fuzzfail=0
+while IFS=: read -r file line; do
+	name=$(sed -E 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/' <<<"$line")
+	pkg=./$(dirname "${file#./}")
+	echo "== fuzz $name in $pkg for $FUZZTIME"
+	if ! "$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1 | tee -a ci/out/fuzz.log; then
+		fuzzfail=1
+	fi
+	nfuzz=$((nfuzz + 1))
+done < <(grep -rE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . | grep -v '^./.git/' | sort)
+step $fuzzfail "fuzz($nfuzz targets)"
+
+printf -v joined '%s, ' "${summary[@]}"
+echo "== summary: ${joined%, }"
+if [ $failed -ne 0 ]; then
+	echo "make test: FAIL"
+	exit 1
+fi
+echo "make test: PASS"
