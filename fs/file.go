@@ -51,6 +51,7 @@ type handle struct {
 	file    *openFile
 	append  bool
 	lastEnd atomic.Uint64 // end of the last read, for sequential detection
+	ra      readahead
 }
 
 // acquire returns the open-file state of ino with one more reference,
@@ -297,7 +298,9 @@ func (fs *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) 
 	access := cache.AccessRandom
 	if h.lastEnd.Swap(in.Offset+n) == in.Offset {
 		access = cache.AccessSequential
-		// Readahead hook: the next issue starts prefetching here.
+		fs.readahead(h, f, in.Offset+n)
+	} else if in.Offset != 0 {
+		h.ra.reset()
 	}
 	if err := fs.readLocked(fs.ctx(), f, in.Offset, dst, access); err != nil {
 		return nil, fs.toStatus("read", err)

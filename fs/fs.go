@@ -110,6 +110,8 @@ type PageCache interface {
 	ReadPage(ctx context.Context, key cache.PageKey, length int, dst []byte, access cache.Access) (int, error)
 	// PutBlock inserts the pages of a block that was just written.
 	PutBlock(ctx context.Context, block uint64, data []byte, access cache.Access)
+	// Prefetch loads pages of a block from fromPage on, ahead of a reader.
+	Prefetch(ctx context.Context, block uint64, blockLen int, fromPage uint32, access cache.Access) error
 }
 
 // BlockWriter is the persistence store as the file system uses it: it

@@ -60,6 +60,8 @@ type metrics struct {
 	errno    [numOps]prometheus.Counter
 	eio      [numOps]prometheus.Counter
 	duration [numOps]prometheus.Observer
+	// readahead counts block prefetches started for sequential readers.
+	readahead prometheus.Counter
 }
 
 // newMetrics registers the metrics with reg; nil reg gives nil metrics,
@@ -77,8 +79,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help:    "Latency of FUSE operations.",
 		Buckets: prometheus.ExponentialBuckets(10e-6, 4, 10),
 	}, []string{"op"})
-	reg.MustRegister(ops, dur)
-	m := &metrics{}
+	ra := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "datenlord_readahead_blocks_total",
+		Help: "Blocks prefetched ahead of sequential readers.",
+	})
+	reg.MustRegister(ops, dur, ra)
+	m := &metrics{readahead: ra}
 	for i := range numOps {
 		m.ok[i] = ops.WithLabelValues(opNames[i], "ok")
 		m.errno[i] = ops.WithLabelValues(opNames[i], "errno")
@@ -86,6 +92,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.duration[i] = dur.WithLabelValues(opNames[i])
 	}
 	return m
+}
+
+// readaheadStarted counts one block prefetch.
+func (m *metrics) readaheadStarted() {
+	if m != nil {
+		m.readahead.Inc()
+	}
 }
 
 // done records one operation; use as defer fs.m.done(opX, time.Now(), &code).

@@ -31,6 +31,7 @@ type fileSystem struct {
 	ids       *idAllocator
 	budget    *dirtyBudget
 	pages     sync.Pool // *[]byte of pageSize, for partial page reads
+	raSem     chan struct{}
 
 	mu     sync.RWMutex
 	files  map[meta.Ino]*openFile // open regular files, refcounted
@@ -55,6 +56,7 @@ func newFileSystem(cfg Config, md Metadata, c PageCache, st BlockWriter) *fileSy
 		pageSize:      uint64(c.PageSize()),
 		ids:           newIDAllocator(md),
 		budget:        newDirtyBudget(cfg.DirtyLimit),
+		raSem:         make(chan struct{}, readaheadParallel),
 		files:         make(map[meta.Ino]*openFile),
 		fhs:           make(map[uint64]*handle),
 		dirs:          make(map[uint64]*dirHandle),
