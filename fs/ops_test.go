@@ -890,3 +890,57 @@ func TestTmpfile(t *testing.T) {
 		t.Errorf("named tmpfile mode %v nlink %d, want 0640 and 1", fi.Mode(), fi.Sys().(*syscall.Stat_t).Nlink)
 	}
 }
+
+// counterValue returns the value of a counter without labels, or 0.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	must(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// TestReadahead checks that a sequential reader gets blocks prefetched
+// (and reads the right bytes while prefetches run), and that random reads
+// start none.
+func TestReadahead(t *testing.T) {
+	var reg *prometheus.Registry
+	h := fstest.Start(t, fstest.WithBlockSize(64<<10), fstest.WithPageSize(16<<10),
+		fstest.WithFSConfig(func(c *dfs.Config) {
+			reg = prometheus.NewRegistry() // a fresh one for every mount
+			c.Registerer = reg
+		}))
+	data := randBytes(11, 2<<20+1234)
+	must(t, os.WriteFile(h.Path("seq"), data, 0o644))
+	h.Restart() // cold memory cache
+
+	f, err := os.Open(h.Path("seq"))
+	must(t, err)
+	rng := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 8<<10)
+	for range 50 {
+		off := rng.Int64N(int64(len(data) - len(buf)))
+		_, err := f.ReadAt(buf, off)
+		must(t, err)
+		if !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+			t.Fatalf("random read at %d differs", off)
+		}
+	}
+	must(t, f.Close())
+	if n := counterValue(t, reg, "datenlord_readahead_blocks_total"); n != 0 {
+		t.Errorf("random reads started %v block prefetches, want 0", n)
+	}
+
+	got, err := os.ReadFile(h.Path("seq"))
+	must(t, err)
+	if !bytes.Equal(got, data) {
+		t.Fatal("sequential read differs")
+	}
+	if n := counterValue(t, reg, "datenlord_readahead_blocks_total"); n < 8 {
+		t.Errorf("a 32-block sequential read started %v block prefetches, want at least 8", n)
+	}
+}
