@@ -40,10 +40,22 @@ type openFile struct {
 	dirty    map[uint64]*dirtyBlock // by block index
 }
 
-// dirtyBlock is a whole block of merged content that is not yet in the
-// store: old bytes read on first write, overwritten by new writes.
+// dirtyBlock is a whole block of merged content that is not yet
+// committed: old bytes read on first write, overwritten by new writes.
 type dirtyBlock struct {
 	buf []byte // len == block size
+	// up is the write-behind upload of this block's current content, nil
+	// if none: a block that a write completes is sent to the store at once,
+	// so a later flush only has to commit it.
+	up *upload
+}
+
+// upload is one background store write of a full dirty block. The block
+// id stays in flight (fs.ids) until a commit names it or it is abandoned.
+type upload struct {
+	id   meta.BlockID
+	done chan struct{}
+	err  error // valid after done
 }
 
 // handle is an open file handle (one open file description).
@@ -115,9 +127,59 @@ func (fs *fileSystem) unref(f *openFile) {
 	fs.mu.Unlock()
 }
 
+// dropDirty forgets the dirty blocks of f and their budget. Uploads that
+// a commit did not take are abandoned.
 func (fs *fileSystem) dropDirty(f *openFile) {
+	for _, d := range f.dirty {
+		fs.abandon(d)
+	}
 	fs.budget.release(int64(len(f.dirty)) * int64(fs.blockSize))
 	clear(f.dirty)
+}
+
+// startUpload sends a dirty block that a write just completed to the
+// store in the background (f.mu held). Without an id it does nothing: the
+// flush uploads the block itself.
+func (fs *fileSystem) startUpload(ctx context.Context, f *openFile, d *dirtyBlock) {
+	ids, err := fs.ids.alloc(ctx, 1)
+	if err != nil {
+		fs.log.Debug("fs: write-behind: no block id; the flush uploads the block", "ino", f.ino, "err", err)
+		return
+	}
+	u := &upload{id: ids[0], done: make(chan struct{})}
+	d.up = u
+	data := d.buf // writes to the block wait for the upload (abandon)
+	go func() {
+		defer close(u.done)
+		fs.upSem <- struct{}{}
+		defer func() { <-fs.upSem }()
+		if u.err = fs.store.Put(fs.ctx(), uint64(u.id), data); u.err == nil {
+			fs.cache.PutBlock(fs.ctx(), uint64(u.id), data, cache.AccessRandom)
+		}
+	}()
+}
+
+// abandon waits for a block's upload, if any, and gives its id up: the
+// uploaded copy is stale (the block changed) or not needed. The block
+// itself is deleted in the background; if that fails, the garbage
+// collector's store sweep finds it.
+func (fs *fileSystem) abandon(d *dirtyBlock) {
+	u := d.up
+	if u == nil {
+		return
+	}
+	d.up = nil
+	<-u.done
+	if u.err != nil {
+		fs.ids.done([]meta.BlockID{u.id})
+		return
+	}
+	go func() {
+		if err := fs.store.Delete(fs.ctx(), uint64(u.id)); err != nil {
+			fs.log.Debug("fs: delete abandoned write-behind block", "block", u.id, "err", err)
+		}
+		fs.ids.done([]meta.BlockID{u.id})
+	}()
 }
 
 // loadBlocks (re)loads the block map of f; f.mu must be held. The applied
@@ -482,7 +544,13 @@ func (fs *fileSystem) writeLocked(ctx context.Context, f *openFile, off uint64, 
 			}
 			f.dirty[bi] = d
 		}
+		fs.abandon(d) // its upload, if any, no longer matches the block
 		copy(d.buf[boff:], data[:chunk])
+		if boff+chunk == bs {
+			// The write reached the end of the block: a sequential writer is
+			// done with it, so start writing it behind.
+			fs.startUpload(ctx, f, d)
+		}
 		data = data[chunk:]
 		off += chunk
 	}
@@ -507,6 +575,10 @@ func (fs *fileSystem) flushStatus(op string, err error) fuse.Status {
 	return fs.toStatus(op, err)
 }
 
+// writeBehindParallel bounds the background uploads of full blocks on the
+// node; flushParallelism bounds the block writes of one flush.
+const writeBehindParallel = 8
+
 // flushParallelism bounds the concurrent block writes of one flush.
 const flushParallelism = 6
 
@@ -518,26 +590,42 @@ func (fs *fileSystem) flushLocked(ctx context.Context, f *openFile) error {
 		return nil
 	}
 	bs := fs.blockSize
-	idxs := slices.Sorted(maps.Keys(f.dirty))
-	ids, err := fs.ids.alloc(ctx, len(idxs))
+	refs := make(map[uint64]meta.BlockRef, len(f.dirty))
+	// Blocks written behind are committed as they are; the others (and any
+	// whose upload failed) are uploaded now.
+	var behind, need []uint64
+	for _, bi := range slices.Sorted(maps.Keys(f.dirty)) {
+		d, start := f.dirty[bi], bi*bs
+		if start >= f.size {
+			fs.abandon(d)
+			refs[bi] = meta.BlockRef{} // hole: nothing of it is in the file
+			continue
+		}
+		valid := min(bs, f.size-start)
+		if u := d.up; u != nil && valid == bs {
+			<-u.done
+			if u.err == nil {
+				refs[bi] = meta.BlockRef{ID: u.id, Len: uint32(valid)}
+				behind = append(behind, bi)
+				continue
+			}
+		}
+		fs.abandon(d)
+		need = append(need, bi)
+	}
+	ids, err := fs.ids.alloc(ctx, len(need))
 	if err != nil {
 		return fmt.Errorf("flush inode %d: %w", f.ino, err)
 	}
 	defer fs.ids.done(ids)
-	refs := make(map[uint64]meta.BlockRef, len(idxs))
 	var (
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, flushParallelism)
 		errMu   sync.Mutex
 		firstEr error
 	)
-	for i, bi := range idxs {
-		start := bi * bs
-		if start >= f.size {
-			refs[bi] = meta.BlockRef{} // hole: nothing of it is in the file
-			continue
-		}
-		valid := min(bs, f.size-start)
+	for i, bi := range need {
+		valid := min(bs, f.size-bi*bs)
 		refs[bi] = meta.BlockRef{ID: ids[i], Len: uint32(valid)}
 		data := f.dirty[bi].buf[:valid]
 		id := uint64(ids[i])
@@ -570,6 +658,13 @@ func (fs *fileSystem) flushLocked(ctx context.Context, f *openFile) error {
 	})
 	if err != nil {
 		return fmt.Errorf("flush inode %d: commit: %w", f.ino, err)
+	}
+	// The commit names the written-behind blocks: they are no longer in
+	// flight, and dropDirty must not abandon them.
+	for _, bi := range behind {
+		d := f.dirty[bi]
+		fs.ids.done([]meta.BlockID{d.up.id})
+		d.up = nil
 	}
 	fs.dropDirty(f)
 	f.size = a.Size

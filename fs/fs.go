@@ -118,6 +118,9 @@ type PageCache interface {
 // writes new immutable blocks. store.Store satisfies it.
 type BlockWriter interface {
 	Put(ctx context.Context, id uint64, data []byte) error
+	// Delete removes a block written behind whose content went stale
+	// before any commit named it.
+	Delete(ctx context.Context, id uint64) error
 }
 
 var (

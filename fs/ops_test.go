@@ -944,3 +944,47 @@ func TestReadahead(t *testing.T) {
 		t.Errorf("a 32-block sequential read started %v block prefetches, want at least 8", n)
 	}
 }
+
+// TestWriteBehindRewrite rewrites part of a block after a sequential write
+// completed it (so its write-behind upload is stale): the file reads the
+// new bytes, before and after a restart, and the stale upload is deleted
+// from the store, which ends up holding only the file's two blocks.
+func TestWriteBehindRewrite(t *testing.T) {
+	const bs = 64 << 10
+	h := fstest.Start(t, fstest.WithBlockSize(bs), fstest.WithPageSize(16<<10))
+	data := randBytes(21, 2*bs)
+	f, err := os.Create(h.Path("wb"))
+	must(t, err)
+	_, err = f.Write(data) // completes blocks 0 and 1: both written behind
+	must(t, err)
+	patch := randBytes(22, 100)
+	_, err = f.WriteAt(patch, 10)
+	must(t, err)
+	copy(data[10:], patch)
+	must(t, f.Sync())
+	got := make([]byte, len(data))
+	_, err = f.ReadAt(got, 0)
+	must(t, err)
+	must(t, f.Close())
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs after rewriting a written-behind block")
+	}
+	count := func() int {
+		n := 0
+		must(t, h.Store.List(context.Background(), func(uint64) error { n++; return nil }))
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for count() != 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := count(); n != 2 {
+		t.Errorf("store holds %d blocks, want the file's 2 (the stale upload deleted)", n)
+	}
+	h.Restart()
+	got, err = os.ReadFile(h.Path("wb"))
+	must(t, err)
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs after restart")
+	}
+}

@@ -32,6 +32,7 @@ type fileSystem struct {
 	budget    *dirtyBudget
 	pages     sync.Pool // *[]byte of pageSize, for partial page reads
 	raSem     chan struct{}
+	upSem     chan struct{} // bounds write-behind uploads on the node
 
 	mu     sync.RWMutex
 	files  map[meta.Ino]*openFile // open regular files, refcounted
@@ -57,6 +58,7 @@ func newFileSystem(cfg Config, md Metadata, c PageCache, st BlockWriter) *fileSy
 		ids:           newIDAllocator(md),
 		budget:        newDirtyBudget(cfg.DirtyLimit),
 		raSem:         make(chan struct{}, readaheadParallel),
+		upSem:         make(chan struct{}, writeBehindParallel),
 		files:         make(map[meta.Ino]*openFile),
 		fhs:           make(map[uint64]*handle),
 		dirs:          make(map[uint64]*dirHandle),
