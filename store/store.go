@@ -1,6 +1,8 @@
 // Package store is the persistence layer: immutable blocks, written once
 // under a unique id and read back by range. Backends: a local directory
-// (file://) and, in a later issue, S3 (s3://).
+// (file://) and S3 or an S3-compatible server (s3://). Open picks one by
+// URL; storetest is the conformance suite both pass, and s3test runs a
+// real S3 server (versitygw) for tests.
 //
 // # Local directory
 //
@@ -13,17 +15,34 @@
 // I/O goes through a small internal seam (pread/pwrite today, io_uring
 // later) that tests wrap to inject errors and record the fsync order.
 //
+// # S3
+//
+// S3Store keeps block id in the object <prefix>/blocks/<id> (id as 16 hex
+// digits). Put is one PutObject, or a multipart upload (aborted on
+// failure) for blocks larger than the part size; S3 makes an object
+// visible only whole and durable when the request returns. ReadAt is one
+// ranged GET. All requests of a store share a concurrency bound; every
+// attempt has a timeout, and throttling (503 SlowDown), 5xx answers,
+// timeouts and connection errors are retried with exponential back-off
+// and full jitter up to a number of attempts, after which the error names
+// the request, the key, the attempts and the last cause. See Open for the
+// URL parameters.
+//
 // # Errors
 //
 // Errors carry the operation, the block id and the path, and wrap the
 // system error, so errors.Is(err, syscall.ENOSPC) (or EROFS, EACCES) works.
-// A missing block wraps ErrNotFound.
+// S3 errors carry the request and the object key and wrap the SDK's error
+// (errors.As to smithy.APIError gives the S3 error code). A missing block
+// wraps ErrNotFound.
 //
 // # Metrics
 //
 // With Options.Registerer set: datenlord_store_requests_total{op,outcome}
-// (op put, get, delete, list; outcome ok, error, not_found) and
-// datenlord_store_request_duration_seconds{op}.
+// (op put, get, delete, list, and check for S3; outcome ok, error,
+// not_found) and datenlord_store_request_duration_seconds{op}; the S3
+// backend adds datenlord_store_retries_total{op}, the requests it tried
+// again.
 package store
 
 import (

@@ -50,7 +50,7 @@ func TestOpenURLs(t *testing.T) {
 		{"empty", "", "empty URL"},
 		{"no scheme", dir, "missing scheme"},
 		{"unknown scheme", "ftp://host/x", `unknown scheme "ftp"`},
-		{"s3", "s3://bucket/prefix", "not supported yet"},
+		{"s3 without bucket", "s3:///prefix", "missing bucket name"},
 		{"relative opaque", "file:rel/path", "relative path"},
 		{"relative host", "file://rel/path", "relative path?"},
 		{"empty path", "file://", "empty path"},
