@@ -3,6 +3,7 @@
 package deps
 
 import (
+	_ "github.com/anishathalye/porcupine"
 	_ "github.com/aws/aws-sdk-go-v2/aws"
 	_ "github.com/aws/aws-sdk-go-v2/config"
 	_ "github.com/aws/aws-sdk-go-v2/credentials"
