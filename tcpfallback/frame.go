@@ -1,0 +1,310 @@
+package tcpfallback
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Frame layout constants; see the package doc for the drawing.
+const (
+	frameMagic  = 0xDA7E
+	headerSize  = 32
+	trailerSize = 4
+
+	flagRequest  = 1 << 0
+	flagResponse = 1 << 1
+	flagError    = 1 << 2
+	flagCancel   = 1 << 3
+
+	// smallFrame is the largest payload copied next to its header into
+	// one write; larger payloads go out with writev, uncopied.
+	smallFrame = 16 << 10
+	// minRate is the slowest transfer a peer may have once a frame has
+	// started (bytes per second), on top of the base frame timeout: it
+	// keeps a byte-a-second sender from pinning a connection forever.
+	minRate = 1 << 20
+	// maxErrorMessage bounds the text of an error response.
+	maxErrorMessage = 8 << 10
+	// maxPooledBuf is the largest buffer returned to the pool.
+	maxPooledBuf = 1 << 20
+)
+
+// header is a decoded frame header.
+type header struct {
+	op       uint16
+	id       uint64
+	flags    uint8
+	deadline int64 // unix nanoseconds, 0 = none
+	length   uint32
+}
+
+func (h *header) encode(b []byte) {
+	_ = b[headerSize-1]
+	binary.LittleEndian.PutUint32(b[0:], h.length+headerSize)
+	binary.LittleEndian.PutUint16(b[4:], frameMagic)
+	binary.LittleEndian.PutUint16(b[6:], h.op)
+	binary.LittleEndian.PutUint64(b[8:], h.id)
+	b[16], b[17], b[18], b[19] = h.flags, 0, 0, 0
+	binary.LittleEndian.PutUint64(b[20:], uint64(h.deadline))
+	binary.LittleEndian.PutUint32(b[28:], h.length)
+}
+
+// frameError is a protocol violation by the peer; reason is a short,
+// fixed string used as a metric label.
+type frameError struct {
+	reason string
+	detail string
+}
+
+func (e *frameError) Error() string { return "bad frame: " + e.reason + ": " + e.detail }
+
+func badFrame(reason, format string, args ...any) error {
+	return &frameError{reason: reason, detail: fmt.Sprintf(format, args...)}
+}
+
+// decodeHeader validates a header before anything is allocated for it.
+func decodeHeader(b []byte, maxFrame int) (header, error) {
+	if len(b) < headerSize {
+		return header{}, badFrame("truncated", "header of %d bytes", len(b))
+	}
+	if m := binary.LittleEndian.Uint16(b[4:]); m != frameMagic {
+		return header{}, badFrame("magic", "magic 0x%04x", m)
+	}
+	h := header{
+		op:       binary.LittleEndian.Uint16(b[6:]),
+		id:       binary.LittleEndian.Uint64(b[8:]),
+		flags:    b[16],
+		deadline: int64(binary.LittleEndian.Uint64(b[20:])),
+		length:   binary.LittleEndian.Uint32(b[28:]),
+	}
+	if uint64(h.length) > uint64(maxFrame) {
+		return header{}, badFrame("oversized", "payload of %d bytes exceeds %d", h.length, maxFrame)
+	}
+	if total := binary.LittleEndian.Uint32(b[0:]); uint64(total) != uint64(h.length)+headerSize {
+		return header{}, badFrame("length", "frame length %d does not match payload length %d", total, h.length)
+	}
+	if b[17]|b[18]|b[19] != 0 {
+		return header{}, badFrame("reserved", "reserved bytes set")
+	}
+	switch h.flags {
+	case flagRequest, flagResponse, flagResponse | flagError:
+	case flagCancel:
+		if h.length != 0 {
+			return header{}, badFrame("flags", "cancel frame with payload")
+		}
+	default:
+		return header{}, badFrame("flags", "flags 0x%02x", h.flags)
+	}
+	return h, nil
+}
+
+// frameReader reads frames from a buffered connection. An idle connection
+// may wait forever for the next frame; once a frame's first byte arrives
+// the rest must follow within the frame timeout.
+type frameReader struct {
+	conn     net.Conn // for read deadlines; nil when reading from memory
+	br       *bufio.Reader
+	maxFrame int
+	timeout  time.Duration
+	armed    bool
+	hdr      [headerSize]byte
+	crc      uint32
+	scratch  []byte
+	table    *crc32.Table
+}
+
+func newFrameReader(conn net.Conn, r io.Reader, maxFrame int, timeout time.Duration, table *crc32.Table) *frameReader {
+	return &frameReader{conn: conn, br: bufio.NewReaderSize(r, 32<<10), maxFrame: maxFrame, timeout: timeout, table: table}
+}
+
+func (r *frameReader) arm(payload uint32) {
+	if r.armed || r.conn == nil {
+		return
+	}
+	r.armed = true
+	d := r.timeout + time.Duration(payload)*time.Second/minRate
+	_ = r.conn.SetReadDeadline(time.Now().Add(d))
+}
+
+func (r *frameReader) disarm() {
+	if r.armed {
+		r.armed = false
+		_ = r.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// readHeader waits for the next frame and decodes its header. io.EOF means
+// the peer closed cleanly between frames.
+func (r *frameReader) readHeader() (header, error) {
+	if _, err := r.br.Peek(1); err != nil {
+		return header{}, err
+	}
+	if r.br.Buffered() < headerSize {
+		r.arm(0)
+	}
+	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
+		return header{}, midFrame(err)
+	}
+	h, err := decodeHeader(r.hdr[:], r.maxFrame)
+	if err != nil {
+		return header{}, err
+	}
+	if r.br.Buffered() < int(h.length)+trailerSize {
+		r.arm(h.length)
+	}
+	r.crc = crc32.Update(0, r.table, r.hdr[:])
+	return h, nil
+}
+
+// readPayload reads h's payload into dst (len(dst) == h.length) and checks
+// the CRC.
+func (r *frameReader) readPayload(dst []byte) error {
+	if _, err := io.ReadFull(r.br, dst); err != nil {
+		return midFrame(err)
+	}
+	r.crc = crc32.Update(r.crc, r.table, dst)
+	return r.readTrailer()
+}
+
+// discardPayload skips h's payload, still checking the CRC.
+func (r *frameReader) discardPayload(n uint32) error {
+	for n > 0 {
+		chunk := min(int(n), r.br.Size())
+		b, err := r.br.Peek(chunk)
+		if len(b) == 0 && err != nil {
+			return midFrame(err)
+		}
+		if len(b) > chunk {
+			b = b[:chunk]
+		}
+		r.crc = crc32.Update(r.crc, r.table, b)
+		_, _ = r.br.Discard(len(b))
+		n -= uint32(len(b))
+	}
+	return r.readTrailer()
+}
+
+func (r *frameReader) readTrailer() error {
+	var t [trailerSize]byte
+	if _, err := io.ReadFull(r.br, t[:]); err != nil {
+		return midFrame(err)
+	}
+	r.disarm()
+	if got := binary.LittleEndian.Uint32(t[:]); got != r.crc {
+		return badFrame("crc", "crc 0x%08x, computed 0x%08x", got, r.crc)
+	}
+	return nil
+}
+
+// midFrame classifies a read error inside a frame: the peer stopped or
+// stalled half-way, which is a protocol violation, not a clean close.
+func midFrame(err error) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return badFrame("truncated", "connection ended inside a frame")
+	case errors.As(err, &ne) && ne.Timeout():
+		return badFrame("timeout", "frame not completed in time")
+	}
+	return err
+}
+
+// frameWriter serialises frame writes on one connection. Every write has
+// a deadline, so a peer that stops reading cannot block writers forever.
+type frameWriter struct {
+	mu       sync.Mutex
+	conn     net.Conn
+	timeout  time.Duration
+	deadline time.Time
+	err      error
+	table    *crc32.Table
+	buf      []byte
+	trailer  [trailerSize]byte
+	bufs     net.Buffers
+}
+
+func newFrameWriter(conn net.Conn, timeout time.Duration, table *crc32.Table) *frameWriter {
+	return &frameWriter{conn: conn, timeout: timeout, table: table, buf: make([]byte, headerSize+smallFrame+trailerSize)}
+}
+
+// write sends one frame; after a failed write the connection is unusable
+// and every later write returns the same error.
+func (w *frameWriter) write(h header, payload ...[]byte) error {
+	n := 0
+	for _, p := range payload {
+		n += len(p)
+	}
+	h.length = uint32(n)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	now := time.Now()
+	if need := w.timeout + time.Duration(n)*time.Second/minRate; w.deadline.Sub(now) < need {
+		w.deadline = now.Add(2 * need)
+		_ = w.conn.SetWriteDeadline(w.deadline)
+	}
+	var err error
+	if n <= smallFrame {
+		b := w.buf[:headerSize+n+trailerSize]
+		h.encode(b)
+		off := headerSize
+		for _, p := range payload {
+			off += copy(b[off:], p)
+		}
+		binary.LittleEndian.PutUint32(b[off:], crc32.Checksum(b[:off], w.table))
+		_, err = w.conn.Write(b)
+	} else {
+		hdr := w.buf[:headerSize]
+		h.encode(hdr)
+		crc := crc32.Update(0, w.table, hdr)
+		w.bufs = append(w.bufs[:0], hdr)
+		for _, p := range payload {
+			crc = crc32.Update(crc, w.table, p)
+			w.bufs = append(w.bufs, p)
+		}
+		binary.LittleEndian.PutUint32(w.trailer[:], crc)
+		w.bufs = append(w.bufs, w.trailer[:])
+		bufs := w.bufs
+		_, err = bufs.WriteTo(w.conn)
+		clear(w.bufs) // do not pin the caller's payload
+	}
+	if err != nil {
+		w.err = fmt.Errorf("write frame: %w", err)
+		return w.err
+	}
+	return nil
+}
+
+// bufPool recycles request payload buffers.
+type bufPool struct{ p sync.Pool }
+
+func (bp *bufPool) get(n int) *[]byte {
+	if v, ok := bp.p.Get().(*[]byte); ok {
+		if cap(*v) >= n {
+			*v = (*v)[:n]
+			return v
+		}
+		bp.p.Put(v)
+	}
+	c := 4 << 10
+	for c < n {
+		c <<= 1
+	}
+	b := make([]byte, n, c)
+	return &b
+}
+
+func (bp *bufPool) put(b *[]byte) {
+	if cap(*b) <= maxPooledBuf {
+		bp.p.Put(b)
+	}
+}
