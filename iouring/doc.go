@@ -38,13 +38,15 @@
 // Callers from many goroutines share the ring. A request first takes one of
 // Config.Entries request slots (the in-flight bound, which also keeps the
 // completion queue from overflowing), writes its SQE under a mutex and
-// joins a batch: the first caller to find no io_uring_enter in progress
-// submits every SQE queued so far, and keeps submitting until no more
-// arrive, so concurrent callers share system calls instead of making one
-// each (flat combining, no extra goroutine hop on the submit path). One
-// reaper goroutine waits in io_uring_enter(GETEVENTS), and hands each
-// completion to the goroutine that waits for it (user_data is the request
-// slot).
+// wakes the submitter: one goroutine locked to its own OS thread that
+// passes every SQE queued so far to io_uring_enter, so concurrent callers
+// share system calls. Submitting from a dedicated thread is a correctness
+// rule, not a tuning choice: the kernel completes reads and writes with
+// task work on the submitting thread, and an arbitrary Go thread may be
+// blocked where task work cannot run (a read of this process's own FUSE
+// mount, waiting for that very completion). One reaper goroutine waits in
+// io_uring_enter(GETEVENTS), and hands each completion to the goroutine
+// that waits for it (user_data is the request slot).
 //
 // # Buffers, cancellation and Close
 //

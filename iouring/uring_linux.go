@@ -44,14 +44,17 @@ type uringEngine struct {
 	reqs    []request
 	closing chan struct{} // closed by Close: wakes callers waiting for a slot
 
-	mu         sync.Mutex
-	closed     bool   // no new requests
-	ringGone   bool   // the ring is being torn down: no SQE may be written
-	tail       uint32 // our copy of *sqTail
-	pending    uint32 // SQEs published but not yet passed to io_uring_enter
-	submitting bool   // a caller is in the submit loop
-	submitters sync.WaitGroup
-	regs       [][]byte
+	mu       sync.Mutex
+	closed   bool   // no new requests
+	ringGone bool   // the ring is being torn down: no SQE may be written
+	tail     uint32 // our copy of *sqTail
+	pending  uint32 // SQEs published but not yet passed to io_uring_enter
+	regs     [][]byte
+
+	// kick (capacity 1) wakes the submitter goroutine, which owns the one
+	// OS thread that calls io_uring_enter to submit; closed by Close.
+	kick          chan struct{}
+	submitterDone chan struct{}
 
 	inflight   atomic.Int64 // requests whose completion has not been reaped
 	reaperDone chan struct{}
@@ -79,7 +82,10 @@ func newUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("io_uring_setup(%d entries): %w", cfg.Entries, err)
 	}
-	e := &uringEngine{ringFD: fd, log: log, closing: make(chan struct{}), reaperDone: make(chan struct{})}
+	e := &uringEngine{
+		ringFD: fd, log: log, closing: make(chan struct{}), reaperDone: make(chan struct{}),
+		kick: make(chan struct{}, 1), submitterDone: make(chan struct{}),
+	}
 	if err := e.mapRings(&p); err != nil {
 		e.unmap()
 		_ = unix.Close(fd)
@@ -91,6 +97,7 @@ func newUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 		e.reqs[i].done = make(chan int32, 1)
 		e.slots <- uint32(i)
 	}
+	go e.submitLoop()
 	go e.reap()
 	return e, nil
 }
@@ -164,43 +171,61 @@ func (e *uringEngine) pushLocked(fill func(*sqe)) {
 	e.pending++
 }
 
-// flushLocked submits everything pending unless another caller is already
-// doing so (it will pick ours up). It is entered and left with e.mu held.
+// flushLocked hands everything pending to the submitter (e.mu held).
 func (e *uringEngine) flushLocked() {
-	if e.submitting {
+	if e.pending == 0 {
 		return
 	}
-	e.submitting = true
-	e.submitters.Add(1)
-	defer e.submitters.Done()
-	for e.pending > 0 {
-		n := e.pending
-		e.pending = 0
-		e.mu.Unlock()
-		done, err := ioUringEnter(e.ringFD, n, 0, 0)
+	select {
+	case e.kick <- struct{}{}:
+	default: // already woken: it will see these SQEs too
+	}
+}
+
+// submitLoop passes published SQEs to the kernel, from one OS thread that
+// does nothing else.
+//
+// The kernel completes a read or write by running task work on the thread
+// that submitted it. If that thread could be any Go thread, it could be one
+// that then blocks in a killable wait the task work cannot interrupt — a
+// read of this process's own FUSE mount, whose answer waits for that very
+// completion (seen in the fs tests as a hang). A dedicated, locked thread
+// only ever sleeps interruptibly, so its task work always runs; SQEs queued
+// while it is in io_uring_enter are batched into the next call.
+func (e *uringEngine) submitLoop() {
+	runtime.LockOSThread() // never unlocked: the thread ends with the loop
+	defer close(e.submitterDone)
+	for range e.kick {
 		e.mu.Lock()
-		if done < 0 {
-			done = 0
-		}
-		if uint32(done) < n {
-			e.pending += n - uint32(done)
-			switch {
-			case err == nil, errors.Is(err, unix.EINTR):
-			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EBUSY):
-				// The kernel is short of memory or completions must be reaped
-				// first: the reaper runs concurrently, so back off briefly.
-				e.mu.Unlock()
-				time.Sleep(50 * time.Microsecond)
-				e.mu.Lock()
-			default:
-				e.log.Error("io_uring_enter failed; retrying", "err", err, "pending", e.pending)
-				e.mu.Unlock()
-				time.Sleep(time.Millisecond)
-				e.mu.Lock()
+		for e.pending > 0 && !e.ringGone {
+			n := e.pending
+			e.pending = 0
+			e.mu.Unlock()
+			done, err := ioUringEnter(e.ringFD, n, 0, 0)
+			e.mu.Lock()
+			if done < 0 {
+				done = 0
+			}
+			if uint32(done) < n {
+				e.pending += n - uint32(done)
+				switch {
+				case err == nil, errors.Is(err, unix.EINTR):
+				case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EBUSY):
+					// The kernel is short of memory or completions must be reaped
+					// first: the reaper runs concurrently, so back off briefly.
+					e.mu.Unlock()
+					time.Sleep(50 * time.Microsecond)
+					e.mu.Lock()
+				default:
+					e.log.Error("io_uring_enter failed; retrying", "err", err, "pending", e.pending)
+					e.mu.Unlock()
+					time.Sleep(time.Millisecond)
+					e.mu.Lock()
+				}
 			}
 		}
+		e.mu.Unlock()
 	}
-	e.submitting = false
 }
 
 // do submits one request and waits for its completion. pin, if not nil,
@@ -429,7 +454,8 @@ func (e *uringEngine) Close() error {
 	e.mu.Lock()
 	e.ringGone = true
 	e.mu.Unlock()
-	e.submitters.Wait()
+	close(e.kick)
+	<-e.submitterDone
 	e.unmap()
 	if err := unix.Close(e.ringFD); err != nil {
 		return fmt.Errorf("iouring close ring fd %d: %w", e.ringFD, err)
