@@ -24,7 +24,7 @@ BENCHFLAGS ?=
 .PHONY: deps build run test bench clean
 
 deps:
-	@echo "==> deps: installing missing system packages (fuse3, util-linux, gcc, ca-certificates), checking /dev/fuse, downloading Go modules"
+	@echo "==> deps: installing missing system packages (fuse3, util-linux, gcc, ca-certificates), checking /dev/fuse, downloading Go modules, installing versitygw"
 	@./ci/deps.sh
 
 build:
@@ -39,7 +39,7 @@ run: deps build
 	./$(BIN) serve --mount $(MOUNT) --data-dir $(DATA_DIR) $(ARGS)
 
 test: deps
-	@echo "==> test: gofmt, go vet, go test ./... (FUSE tests need root), short fuzz runs"
+	@echo "==> test: gofmt, go vet, go test ./... (FUSE tests need root), the FUSE suites again on S3 (versitygw), short fuzz runs"
 	@./ci/test.sh
 
 bench: deps

@@ -39,9 +39,21 @@ import (
 //	32  data CRC     uint32  CRC-32C of the length page bytes
 //	36  header CRC   uint32  CRC-32C of bytes [0, 36)
 //
-// A torn write (power loss between sectors) leaves a header or page that
-// fails its checksum, so a Get verifies both and treats a mismatch as a
-// miss; the superblock records the page size, so a file written with
+// The headers are read only when the index is rebuilt at open: the index
+// keeps each slot's key, length, generation and data CRC in memory, so a
+// Get reads the page bytes alone (4 KiB for a 4 KiB page, the I/O a raw
+// random read would do) and verifies them against the indexed CRC.
+//
+// Crash consistency: a Put writes header and page in one aligned write,
+// but the device may tear it (power loss between sectors) or reorder it.
+// Every outcome is caught: a torn header fails its own CRC at rebuild and
+// the slot is freed; a new header over an old or partial page, or an old
+// header over a new page, indexes a data CRC the page bytes do not match,
+// so the first Get drops the slot and misses. The header CRC covers the
+// data CRC, so a bit flip there is a header failure, not a wrong CRC. A
+// header corrupted while the tier runs is harmless until restart (Gets do
+// not read it; the page itself is still verified) and is caught by the
+// rebuild. The superblock records the page size, so a file written with
 // another page size is reinitialised rather than misread.
 const (
 	diskFileName      = "pages.dat"
@@ -114,9 +126,10 @@ type DiskConfig struct {
 // DiskTier is the local NVMe tier: a cache.Tier of fixed-size slots in one
 // O_DIRECT file, driven by an iouring.Engine.
 //
-// Get reads a slot (header and page in one I/O into a registered buffer)
-// and verifies magic, header CRC, key, length, generation and the page's
-// CRC-32C: any mismatch drops the slot, counts
+// Get reads a slot's page bytes only (one I/O into a registered buffer)
+// and verifies them against the CRC-32C the index holds for the slot
+// (taken from the header at rebuild or computed at Put): a mismatch, or a
+// short read, drops the slot, counts
 // datenlord_cache_checksum_failures_total{tier="disk"} and is a miss,
 // never wrong bytes. Put copies the page into a bounded write queue and
 // returns: the read-miss path that offers pages to every tier never waits
@@ -128,7 +141,8 @@ type DiskConfig struct {
 // through the engine), not persisted: the headers are the only truth, so
 // a crash at any point leaves nothing to reconcile, and a page whose write
 // was torn is caught by its checksums. The cost is one 4 KiB read per slot
-// at start (1/17 of the file with 64 KiB pages). Pages of a block removed
+// at start (1/17 of the file with 64 KiB pages) and 16 bytes of memory
+// per slot beyond the key. Pages of a block removed
 // by DropBlock keep their headers on disk and reappear in the index after
 // a restart; block ids are never reused, so they are never read and age
 // out through the policy.
@@ -152,7 +166,7 @@ type DiskTier struct {
 	dm      diskTierMetrics
 	keyed   keyedInserter // the policy's InsertKey, if it has one
 
-	arena    []byte          // read buffers, then write buffers (AllocAligned)
+	arena    []byte          // read buffers (PageSize), then write buffers (stride) (AllocAligned)
 	readBufs chan []byte     // free read buffers
 	wfree    chan *diskWrite // free write buffers
 	work     chan *diskWrite // queued writes; capacity = write buffers, so sends never block
@@ -172,7 +186,8 @@ type DiskTier struct {
 	keys    []PageKey
 	lens    []int32
 	gens    []uint64
-	state   []uint8 // slotFree, slotFilling, slotValid, slotZombie (as in memory.go)
+	crcs    []uint32 // CRC-32C of the slot's page bytes, as in its header
+	state   []uint8  // slotFree, slotFilling, slotValid, slotZombie (as in memory.go)
 	free    []int32
 	zombies []int32
 	blkHead map[uint64]int32
@@ -195,6 +210,7 @@ type diskWrite struct {
 	key     PageKey
 	n       int
 	gen     uint64
+	crc     uint32 // CRC-32C of the page bytes
 	access  Access
 	dropped bool // DropBlock ran while queued; guarded by DiskTier.mu
 }
@@ -255,6 +271,7 @@ func NewDiskTier(ctx context.Context, cfg DiskConfig) (*DiskTier, error) {
 		keys:    make([]PageKey, nslots),
 		lens:    make([]int32, nslots),
 		gens:    make([]uint64, nslots),
+		crcs:    make([]uint32, nslots),
 		state:   make([]uint8, nslots),
 		blkHead: make(map[uint64]int32),
 		blkPrev: make([]int32, nslots),
@@ -284,8 +301,11 @@ func (t *DiskTier) open(ctx context.Context) error {
 		}
 		t.eng, t.ownsEng = eng, true
 	}
-	nbufs := cfg.ReadBuffers + cfg.WriteQueue
-	arena, err := iouring.AllocAligned(nbufs * t.stride)
+	// Read buffers hold a page (Gets read no header); write buffers a
+	// whole slot image. Both sizes are multiples of diskBlockSize, so
+	// every buffer is aligned.
+	readBytes := cfg.ReadBuffers * cfg.PageSize
+	arena, err := iouring.AllocAligned(max(readBytes+cfg.WriteQueue*t.stride, diskBlockSize))
 	if err != nil {
 		return fmt.Errorf("cache disk tier: buffer arena: %w", err)
 	}
@@ -299,12 +319,13 @@ func (t *DiskTier) open(ctx context.Context) error {
 	}
 	t.readBufs = make(chan []byte, cfg.ReadBuffers)
 	for i := range cfg.ReadBuffers {
-		t.readBufs <- arena[i*t.stride : (i+1)*t.stride : (i+1)*t.stride]
+		t.readBufs <- arena[i*cfg.PageSize : (i+1)*cfg.PageSize : (i+1)*cfg.PageSize]
 	}
 	t.wfree = make(chan *diskWrite, cfg.WriteQueue)
 	t.work = make(chan *diskWrite, cfg.WriteQueue)
-	for i := cfg.ReadBuffers; i < nbufs; i++ {
-		t.wfree <- &diskWrite{buf: arena[i*t.stride : (i+1)*t.stride : (i+1)*t.stride]}
+	for i := range cfg.WriteQueue {
+		off := readBytes + i*t.stride
+		t.wfree <- &diskWrite{buf: arena[off : off+t.stride : off+t.stride]}
 	}
 
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
@@ -413,8 +434,9 @@ func (t *DiskTier) decodeHeader(h []byte) (slotHeader, bool) {
 	}, true
 }
 
-// encodeHeader writes the header for a page into h (diskBlockSize bytes).
-func (t *DiskTier) encodeHeader(h []byte, key PageKey, data []byte, gen uint64) {
+// encodeHeader writes the header for a page into h (diskBlockSize bytes)
+// and returns the page's CRC-32C.
+func (t *DiskTier) encodeHeader(h []byte, key PageKey, data []byte, gen uint64) uint32 {
 	clear(h)
 	le := binary.LittleEndian
 	le.PutUint32(h[dhMagic:], diskSlotMagic)
@@ -423,8 +445,10 @@ func (t *DiskTier) encodeHeader(h []byte, key PageKey, data []byte, gen uint64) 
 	le.PutUint32(h[dhIndex:], key.Index)
 	le.PutUint32(h[dhLength:], uint32(len(data)))
 	le.PutUint64(h[dhGen:], gen)
-	le.PutUint32(h[dhDataCRC:], crc32.Checksum(data, t.crc))
+	sum := crc32.Checksum(data, t.crc)
+	le.PutUint32(h[dhDataCRC:], sum)
 	le.PutUint32(h[dhHdrCRC:], crc32.Checksum(h[:dhHdrCRC], t.crc))
+	return sum
 }
 
 // rebuild reads the headers of slots [0, scan) in parallel and indexes the
@@ -494,7 +518,7 @@ func (t *DiskTier) rebuild(ctx context.Context, scan int32) error {
 	for _, s := range order {
 		h := found[s]
 		t.index[h.key] = s
-		t.keys[s], t.lens[s], t.gens[s], t.state[s] = h.key, int32(h.length), h.gen, slotValid
+		t.keys[s], t.lens[s], t.gens[s], t.crcs[s], t.state[s] = h.key, int32(h.length), h.gen, h.dataCRC, slotValid
 		t.linkBlockLocked(s, h.key.Block)
 		t.insertPolicyLocked(s, h.key, AccessRandom)
 		t.bytes += int64(h.length)
@@ -514,9 +538,20 @@ func (t *DiskTier) slotOff(s int32) int64 {
 	return int64(diskBlockSize) + int64(s)*int64(t.stride)
 }
 
-// ioLen is the aligned I/O size of a slot holding n page bytes.
+// pageOff is the file offset of slot s's page bytes.
+func (t *DiskTier) pageOff(s int32) int64 {
+	return t.slotOff(s) + diskBlockSize
+}
+
+// pageIOLen is the aligned I/O size of n page bytes.
+func pageIOLen(n int) int {
+	return (n + diskBlockSize - 1) &^ (diskBlockSize - 1)
+}
+
+// ioLen is the aligned I/O size of a slot image (header and page) holding
+// n page bytes.
 func ioLen(n int) int {
-	return diskBlockSize + (n+diskBlockSize-1)&^(diskBlockSize-1)
+	return diskBlockSize + pageIOLen(n)
 }
 
 // read and write use the fixed-buffer calls when the arena is registered
@@ -538,7 +573,8 @@ func (t *DiskTier) write(ctx context.Context, buf []byte, off int64) (int, error
 // Name returns "disk".
 func (t *DiskTier) Name() string { return "disk" }
 
-// Get reads a page's slot and verifies it; see DiskTier.
+// Get reads a page's bytes and verifies them against the index; see
+// DiskTier.
 func (t *DiskTier) Get(ctx context.Context, key PageKey, dst []byte) (int, bool, error) {
 	t.mu.Lock()
 	if t.closed {
@@ -563,7 +599,7 @@ func (t *DiskTier) Get(ctx context.Context, key PageKey, dst []byte) (int, bool,
 	}
 	t.refs[s].Add(1)
 	t.policy.Touch(s, AccessRandom)
-	gen := t.gens[s]
+	gen, sum := t.gens[s], t.crcs[s]
 	t.ops.Add(1)
 	t.mu.Unlock()
 	defer t.ops.Done()
@@ -577,15 +613,16 @@ func (t *DiskTier) Get(ctx context.Context, key PageKey, dst []byte) (int, bool,
 	}
 	defer func() { t.readBufs <- buf }()
 	start := time.Now()
-	got, err := t.read(ctx, buf[:ioLen(n)], t.slotOff(s))
+	// The pin keeps the slot from being rewritten until the read is done,
+	// so the page on disk is the one whose CRC was taken with the pin.
+	got, err := t.read(ctx, buf[:pageIOLen(n)], t.pageOff(s))
 	t.dm.readDuration.Observe(time.Since(start).Seconds())
 	t.refs[s].Add(-1)
 	if err != nil {
 		return 0, false, fmt.Errorf("cache disk get block 0x%016x page %d slot %d: %w", key.Block, key.Index, s, err)
 	}
-	h, hok := t.decodeHeader(buf[:diskBlockSize])
-	data := buf[diskBlockSize : diskBlockSize+n]
-	if got < diskBlockSize+n || !hok || h.key != key || h.length != n || h.gen != gen || h.dataCRC != crc32.Checksum(data, t.crc) {
+	data := buf[:n]
+	if got < n || crc32.Checksum(data, t.crc) != sum {
 		t.dropCorrupt(key, s, gen)
 		return 0, false, nil
 	}
@@ -638,7 +675,7 @@ func (t *DiskTier) Put(_ context.Context, key PageKey, data []byte, access Acces
 	}
 	w.key, w.n, w.access, w.dropped = key, len(data), access, false
 	w.gen = t.nextGen.Add(1) - 1
-	t.encodeHeader(w.buf[:diskBlockSize], key, data, w.gen)
+	w.crc = t.encodeHeader(w.buf[:diskBlockSize], key, data, w.gen)
 	page := w.buf[diskBlockSize:ioLen(len(data))]
 	clear(page[copy(page, data):])
 
@@ -699,7 +736,7 @@ func (t *DiskTier) writeOne(ctx context.Context, w *diskWrite) {
 		return
 	}
 	t.index[w.key] = s
-	t.keys[s], t.lens[s], t.gens[s], t.state[s] = w.key, int32(w.n), w.gen, slotValid
+	t.keys[s], t.lens[s], t.gens[s], t.crcs[s], t.state[s] = w.key, int32(w.n), w.gen, w.crc, slotValid
 	t.linkBlockLocked(s, w.key.Block)
 	t.insertPolicyLocked(s, w.key, w.access)
 	t.bytes += int64(w.n)

@@ -43,6 +43,8 @@ type Cache struct {
 
 	flightMu sync.Mutex
 	flights  map[PageKey]*flight
+
+	pf prefetchTable // block prefetches in flight (prefetch.go)
 }
 
 // flight is one backend fetch that concurrent misses of a page share.
@@ -126,6 +128,9 @@ func (c *Cache) ReadPage(ctx context.Context, key PageKey, length int, dst []byt
 			return n, nil
 		}
 		c.tierM[i].misses.Inc()
+	}
+	if n, ok, err := c.joinPrefetch(ctx, key, length, dst); ok || err != nil {
+		return n, err
 	}
 	return c.fetchShared(ctx, key, length, dst, access)
 }
@@ -222,13 +227,17 @@ func isContextErr(err error) bool {
 
 // PutBlock inserts the pages of a newly written block (write-through), so
 // that reading back what was just written does not go to the store. Every
-// tier is offered every page; tiers decide admission.
+// tier is offered every page; tiers decide admission. Unlike the read-miss
+// path, the write path waits for room in a tier's write queue (the disk
+// tier's) instead of having the page dropped: writers are throttled to the
+// cache device's speed, and what was written stays cached across a
+// restart.
 func (c *Cache) PutBlock(ctx context.Context, block uint64, data []byte, access Access) {
 	ps := c.cfg.PageSize
 	for off, idx := 0, uint32(0); off < len(data); off, idx = off+ps, idx+1 {
 		page := data[off:min(off+ps, len(data))]
 		for _, t := range c.tiers {
-			c.offer(ctx, t, PageKey{Block: block, Index: idx}, page, access)
+			c.offerWait(ctx, t, PageKey{Block: block, Index: idx}, page, access) // tier_hints.go
 		}
 	}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing datenlord-node needs on a fresh Debian,
 # as root, and only what is missing: FUSE tools, mountpoint(1), a C
-# toolchain, CA certificates and the Go module dependencies. Idempotent.
+# toolchain, CA certificates, the Go module dependencies and versitygw (the
+# S3 server the tests run; ci/install-versitygw.sh). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,3 +53,6 @@ if ! command -v "$GO" >/dev/null 2>&1; then
 fi
 say "downloading Go modules ($("$GO" version))"
 "$GO" mod download
+
+say "versitygw (S3 server for the S3 store tests): ci/install-versitygw.sh"
+GO="$GO" ./ci/install-versitygw.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CI test job: gofmt, go vet, go test (FUSE tests need root), then a
+# The CI test job: gofmt, go vet, go test (FUSE tests need root), the FUSE
+# suites again on an S3 store (a versitygw each test starts itself), then a
 # short run of every fuzz target in the repository. Every step runs even if
 # an earlier one failed; the last line summarizes, and the exit status is
 # non-zero if any step failed. Logs go to ci/out/.
@@ -42,6 +43,19 @@ echo "== go test -count=1 -timeout $TEST_TIMEOUT ./...  (raw events: ci/out/go-t
 	ci/out/testreport -allow ci/allowed-skips.txt -strict=$strict
 status=("${PIPESTATUS[@]}")
 if [ "${status[0]}" -ne 0 ] || [ "${status[2]}" -ne 0 ]; then step 1 test; else step 0 test; fi
+
+# The FUSE suites again with every mount on --store s3://... instead of
+# file://: DATENLORD_TEST_STORE=s3 makes fs/fstest start a versitygw
+# (store/s3test; installed by ci/install-versitygw.sh) under each mount.
+S3_PKGS=${S3_PKGS:-./fs/... ./gc/}
+echo "== DATENLORD_TEST_STORE=s3 go test -count=1 -timeout $TEST_TIMEOUT $S3_PKGS  (raw events: ci/out/go-test-s3.json)"
+s3start=$(date +%s)
+# shellcheck disable=SC2086 # S3_PKGS is a list of packages
+DATENLORD_TEST_STORE=s3 "$GO" test -count=1 -timeout "$TEST_TIMEOUT" -json $S3_PKGS 2>&1 | tee ci/out/go-test-s3.json |
+	ci/out/testreport -allow ci/allowed-skips.txt -strict=$strict
+status=("${PIPESTATUS[@]}")
+echo "== FUSE suites on S3 took $(($(date +%s) - s3start))s"
+if [ "${status[0]}" -ne 0 ] || [ "${status[2]}" -ne 0 ]; then step 1 "test(s3)"; else step 0 "test(s3)"; fi
 
 # Fuzz targets: every "func FuzzX(" in a _test.go file, run for $FUZZTIME each.
 nfuzz=0

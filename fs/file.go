@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,10 +59,9 @@ type upload struct {
 
 // handle is an open file handle (one open file description).
 type handle struct {
-	file    *openFile
-	append  bool
-	lastEnd atomic.Uint64 // end of the last read, for sequential detection
-	ra      readahead
+	file   *openFile
+	append bool
+	ra     readahead // sequential detection and readahead state
 }
 
 // acquire returns the open-file state of ino with one more reference,
@@ -252,7 +250,6 @@ func (fs *fileSystem) openRegular(ino meta.Ino, flags uint32) (uint64, fuse.Stat
 		}
 	}
 	h := &handle{file: f, append: flags&syscall.O_APPEND != 0}
-	h.lastEnd.Store(^uint64(0))
 	fs.mu.Lock()
 	fs.nextFh++
 	fh := fs.nextFh
@@ -358,11 +355,8 @@ func (fs *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) 
 	n := min(uint64(in.Size), f.size-in.Offset, uint64(len(buf)))
 	dst := buf[:n]
 	access := cache.AccessRandom
-	if h.lastEnd.Swap(in.Offset+n) == in.Offset {
+	if fs.observeRead(h, f, in.Offset, n) { // readahead.go
 		access = cache.AccessSequential
-		fs.readahead(h, f, in.Offset+n)
-	} else if in.Offset != 0 {
-		h.ra.reset()
 	}
 	if err := fs.readLocked(fs.ctx(), f, in.Offset, dst, access); err != nil {
 		return nil, fs.toStatus("read", err)

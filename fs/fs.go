@@ -162,8 +162,12 @@ func Mount(ctx context.Context, cfg Config, md Metadata, c PageCache, st BlockWr
 		return nil, fmt.Errorf("fs: list orphans: %w", err)
 	}
 	for _, ino := range orphans {
+		// In a cluster an orphan may still be open on another node (Purge
+		// keeps it then), or a node may not answer: the orphan stays for a
+		// later purge (the last release, the leader's collector or the
+		// next mount), and the mount goes on.
 		if err := md.Purge(ctx, ino); err != nil {
-			return nil, fmt.Errorf("fs: purge orphan inode %d: %w", ino, err)
+			cfg.Logger.Warn("fs: orphan inode left for a later purge", "ino", ino, "err", err)
 		}
 	}
 	if len(orphans) > 0 {
@@ -204,6 +208,9 @@ func Mount(ctx context.Context, cfg Config, md Metadata, c PageCache, st BlockWr
 			err = fmt.Errorf("file system type %#x is not FUSE", sfs.Type)
 		}
 		return nil, fmt.Errorf("fs: verify mount %s: %w", mp, err)
+	}
+	if err := setKernelReadahead(mp); err != nil { // readahead.go
+		cfg.Logger.Debug("fs: kernel readahead left at its default", "mountpoint", mp, "err", err)
 	}
 	cfg.Logger.Info("fs: mounted", "mountpoint", mp, "block_size", cfg.BlockSize,
 		"attr_timeout", cfg.AttrTimeout, "entry_timeout", cfg.EntryTimeout)
