@@ -116,7 +116,7 @@ func (c *Cache) ReadPage(ctx context.Context, key PageKey, length int, dst []byt
 		return 0, fmt.Errorf("cache read block 0x%016x page %d: buffer of %d bytes, need %d", key.Block, key.Index, len(dst), length)
 	}
 	for i, t := range c.tiers {
-		n, ok, err := t.Get(ctx, key, dst)
+		n, ok, err := getPage(ctx, t, key, length, dst, access) // neighbor.go: length-aware tiers
 		if err != nil {
 			c.log.Warn("cache tier read failed; treating as a miss", "tier", t.Name(), "block", key.Block, "page", key.Index, "err", err)
 		}

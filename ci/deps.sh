@@ -56,3 +56,6 @@ say "downloading Go modules ($("$GO" version))"
 
 say "versitygw (S3 server for the S3 store tests): ci/install-versitygw.sh"
 GO="$GO" ./ci/install-versitygw.sh
+
+say "cluster test tools (nftables, iproute2, nsenter): ci/cluster-deps.sh"
+./ci/cluster-deps.sh

@@ -92,9 +92,9 @@ func (fs *fileSystem) acquireExisting(ino meta.Ino) *openFile {
 
 // unref drops a reference. The last one flushes what is still dirty
 // (logging errors: nobody is left to report them to), purges the inode if
-// it was unlinked meanwhile and forgets the state. The purge runs under
-// f.mu with f still registered, so an open that races with it waits and
-// then finds the inode gone, instead of opening an inode being purged.
+// it was unlinked meanwhile and forgets the state. The purge itself runs
+// in the background (see purge); meta refuses to purge an inode that any
+// node, this one included, has open again by then.
 func (fs *fileSystem) unref(f *openFile) {
 	fs.mu.Lock()
 	f.refs--
@@ -105,7 +105,13 @@ func (fs *fileSystem) unref(f *openFile) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.dirty) > 0 {
+	fs.mu.RLock()
+	dead := f.unlinked
+	fs.mu.RUnlock()
+	if dead {
+		// No name and no handle: nobody can ever read these writes.
+		fs.dropDirty(f)
+	} else if len(f.dirty) > 0 {
 		if err := fs.flushLocked(fs.ctx(), f); err != nil {
 			fs.log.Error("fs: flush on release failed, dropping unflushed writes",
 				"ino", f.ino, "dirty_blocks", len(f.dirty), "err", err)
@@ -702,7 +708,24 @@ func (fs *fileSystem) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) (code fuse
 }
 
 // flushAll flushes every open file (Unmount, FS.Flush).
-func (fs *fileSystem) flushAll(ctx context.Context) error { return fs.flushAllExcept(ctx, nil) }
+// flushAll flushes every open file before an unmount. Unlinked files are
+// skipped: once unmounted, nothing can read them.
+func (fs *fileSystem) flushAll(ctx context.Context) error {
+	fs.mu.RLock()
+	var dead []*openFile
+	for _, f := range fs.files {
+		if f.unlinked {
+			dead = append(dead, f)
+		}
+	}
+	fs.mu.RUnlock()
+	for _, f := range dead {
+		f.mu.Lock()
+		fs.dropDirty(f)
+		f.mu.Unlock()
+	}
+	return fs.flushAllExcept(ctx, nil)
+}
 
 func (fs *fileSystem) flushAllExcept(ctx context.Context, skip *openFile) error {
 	fs.mu.RLock()

@@ -240,6 +240,12 @@ func (f *FS) Unmount(ctx context.Context) error {
 		return nil
 	}
 	flushErr := f.raw.flushAll(ctx)
+	purged := make(chan struct{})
+	go func() { f.raw.purges.Wait(); close(purged) }()
+	select {
+	case <-purged:
+	case <-ctx.Done(): // the orphans stay listed for the next mount
+	}
 	if flushErr != nil {
 		f.raw.log.Error("fs: flush before unmount", "err", flushErr)
 	}

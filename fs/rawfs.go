@@ -32,7 +32,8 @@ type fileSystem struct {
 	budget    *dirtyBudget
 	pages     sync.Pool // *[]byte of pageSize, for partial page reads
 	raSem     chan struct{}
-	upSem     chan struct{} // bounds write-behind uploads on the node
+	upSem     chan struct{}  // bounds write-behind uploads on the node
+	purges    sync.WaitGroup // background orphan purges
 
 	mu     sync.RWMutex
 	files  map[meta.Ino]*openFile // open regular files, refcounted
@@ -317,6 +318,13 @@ func (fs *fileSystem) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string,
 	if err != nil {
 		return fs.toStatus("link", err)
 	}
+	// An O_TMPFILE file that linkat just named is an ordinary file again:
+	// its unflushed writes must reach the store on close.
+	fs.mu.Lock()
+	if f := fs.files[a.Ino]; f != nil {
+		f.unlinked = false
+	}
+	fs.mu.Unlock()
 	fs.fillEntry(&a, out)
 	return fuse.OK
 }
@@ -394,12 +402,19 @@ func (fs *fileSystem) orphaned(ino meta.Ino) {
 	fs.unref(f)
 }
 
+// purge deletes an orphan in the background. In a cluster a purge first
+// asks every node whether it has the inode open, which must not hold up
+// the unlink or close that made the orphan (a partitioned member would
+// stall it for seconds); meta re-checks openness, so a racing open is
+// safe. A purge that fails leaves the orphan listed for the garbage
+// collector or the next mount.
 func (fs *fileSystem) purge(ino meta.Ino) {
-	err := fs.md.Purge(fs.ctx(), ino)
-	if err != nil && !errors.Is(err, syscall.ENOENT) {
-		// The orphan stays listed and is purged at the next mount.
-		fs.log.Error("fs: purge orphan", "ino", ino, "err", err)
-	}
+	fs.purges.Go(func() {
+		err := fs.md.Purge(fs.ctx(), ino)
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
+			fs.log.Warn("fs: purge orphan; left for the garbage collector", "ino", ino, "err", err)
+		}
+	})
 }
 
 func (fs *fileSystem) Access(cancel <-chan struct{}, in *fuse.AccessIn) (code fuse.Status) {

@@ -21,9 +21,19 @@
 //     metadata (id below NextBlockID) and that no flush on this node may
 //     still be committing (id below the node's lowest in-flight block).
 //
-// Both passes are safe to run at any time on a single node. With several
-// nodes writing (a later issue), the pins and in-flight watermarks of every
-// node must be collected before deleting; see the notes on Pins.
+// Both passes are safe to run at any time on a single node.
+//
+// # Several nodes
+//
+// With Config.Cluster set, only the metadata leader collects (a pass on
+// another node does nothing), and it uses the pins of every member,
+// combined (Cluster.ClusterPins: the oldest open index over all nodes and
+// the union of their in-flight blocks), read at the same points of a pass
+// as the local pins would be. A member that cannot be asked fails the
+// pass: nothing is deleted that some node might still use, and the next
+// pass retries. The leader also purges orphans (inodes unlinked while
+// open) that no node has open any more: the node that closes an orphan
+// last may not know it was unlinked elsewhere, or may have crashed.
 package gc
 
 import (
@@ -85,8 +95,25 @@ type Pins interface {
 	InFlightBlocks(fn func(meta.BlockID))
 }
 
+// Cluster is the metadata service of a multi-node cluster as the
+// collector uses it; *meta.Service satisfies it.
+type Cluster interface {
+	// IsLeader reports whether this node leads the metadata cluster.
+	IsLeader() bool
+	// ClusterPins combines the pins of every member; it fails if one
+	// cannot be asked.
+	ClusterPins(ctx context.Context) (meta.NodePins, error)
+	// Orphans lists unlinked inodes not yet purged.
+	Orphans(ctx context.Context) ([]meta.Ino, error)
+	// Purge purges an orphan unless some node has it open.
+	Purge(ctx context.Context, ino meta.Ino) error
+}
+
 // Config tunes the collector.
 type Config struct {
+	// Cluster, if set, makes the collector cluster-aware: only the
+	// leader collects, with every node's pins (see the package doc).
+	Cluster Cluster
 	// Interval between background passes of Collect (0: 30s).
 	Interval time.Duration
 	// SweepEvery runs Sweep on every n-th background pass (0: 20; the
@@ -176,6 +203,9 @@ func (c *Collector) Run(ctx context.Context) {
 		} else {
 			_, err = c.Collect(ctx)
 		}
+		if err == nil {
+			_, err = c.PurgeOrphans(ctx)
+		}
 		if err != nil && ctx.Err() == nil {
 			c.errs.Inc()
 			c.log.Warn("garbage collection pass failed; retrying later", "err", err)
@@ -206,7 +236,58 @@ func (c *Collector) Collect(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	defer c.unlock()
+	if !c.leads() {
+		return Stats{}, nil
+	}
 	return c.collect(ctx)
+}
+
+// leads reports whether this node should collect: always on a single
+// node, only on the leader of a cluster.
+func (c *Collector) leads() bool { return c.cfg.Cluster == nil || c.cfg.Cluster.IsLeader() }
+
+// currentPins returns the pins to respect now: this node's, or in a
+// cluster every node's combined.
+func (c *Collector) currentPins(ctx context.Context) (Pins, error) {
+	if c.cfg.Cluster == nil {
+		return c.pins, nil
+	}
+	np, err := c.cfg.Cluster.ClusterPins(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: pins of the cluster (pass skipped): %w", err)
+	}
+	return staticPins(np), nil
+}
+
+// staticPins are pins read once from the cluster.
+type staticPins meta.NodePins
+
+func (p staticPins) OldestOpenIndex() (uint64, bool) { return p.OldestOpen, p.HasOpen }
+
+func (p staticPins) InFlightBlocks(fn func(meta.BlockID)) {
+	for _, id := range p.InFlight {
+		fn(id)
+	}
+}
+
+// PurgeOrphans purges the orphans that no node has open (a cluster's
+// leader only; a no-op without Config.Cluster, where the file system
+// purges on the last release and at mount). It returns how many orphans
+// it looked at.
+func (c *Collector) PurgeOrphans(ctx context.Context) (int, error) {
+	if c.cfg.Cluster == nil || !c.cfg.Cluster.IsLeader() {
+		return 0, nil
+	}
+	orphans, err := c.cfg.Cluster.Orphans(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("gc: list orphans: %w", err)
+	}
+	for _, ino := range orphans {
+		if err := c.cfg.Cluster.Purge(ctx, ino); err != nil {
+			return 0, fmt.Errorf("gc: purge orphan %d: %w", ino, err)
+		}
+	}
+	return len(orphans), nil
 }
 
 func (c *Collector) collect(ctx context.Context) (Stats, error) {
@@ -216,7 +297,11 @@ func (c *Collector) collect(ctx context.Context) (Stats, error) {
 		// point loads a block map at or after it, which holds no block freed
 		// at or before it.
 		bound := c.md.AppliedIndex()
-		if pin, ok := c.pins.OldestOpenIndex(); ok && pin < bound {
+		pins, err := c.currentPins(ctx)
+		if err != nil {
+			return st, err
+		}
+		if pin, ok := pins.OldestOpenIndex(); ok && pin < bound {
 			bound = pin
 		}
 		list, err := c.md.Garbage(ctx, c.cfg.Batch)
@@ -270,6 +355,9 @@ func (c *Collector) Sweep(ctx context.Context) (Stats, error) {
 		return Stats{}, err
 	}
 	defer c.unlock()
+	if !c.leads() {
+		return Stats{}, nil
+	}
 	st, err := c.collect(ctx)
 	if err != nil {
 		return st, err
@@ -300,7 +388,11 @@ func (c *Collector) Sweep(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("gc: list store: %w", err)
 	}
 	keep := make(map[meta.BlockID]struct{})
-	c.pins.InFlightBlocks(func(id meta.BlockID) { keep[id] = struct{}{} })
+	pins, err := c.currentPins(ctx)
+	if err != nil {
+		return st, err
+	}
+	pins.InFlightBlocks(func(id meta.BlockID) { keep[id] = struct{}{} })
 	if err := c.md.ReferencedBlocks(ctx, func(id meta.BlockID) error {
 		keep[id] = struct{}{}
 		return nil

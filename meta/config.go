@@ -33,7 +33,39 @@ type Config struct {
 	ElectionTimeout time.Duration
 	// Logger receives structured logs (nil: slog.Default()).
 	Logger *slog.Logger
+
+	// Transport is the node RPC and stream transport. With it set, Raft
+	// runs over its "raft" streams (the Raft server address is
+	// Transport.Addr(), BindAddr is ignored), followers forward writes to
+	// the leader, reads are linearizable (ReadIndex) and the service
+	// answers the cluster RPCs (ops 0x0100-0x01ff). Without it the service
+	// is a single voter over a private loopback Raft transport.
+	Transport Transport
+	// Peers are the bootstrap voters, node id -> address, and must be the
+	// same on every node. A node with no Raft state bootstraps the cluster
+	// with exactly these voters (concurrent identical bootstraps are
+	// harmless). NodeID must be one of them. Requires Transport.
+	Peers map[string]string
+	// Join is the address of any member of a running cluster. A node with
+	// no Raft state asks it to be added (as a non-voter unless Voter) and
+	// retries until ctx of Open ends. Ignored once the node has state.
+	// Requires Transport.
+	Join string
+	// Voter makes a joining node a voter instead of a non-voter.
+	Voter bool
+	// OnChange, if set, is called after commands are applied with what
+	// they changed, on every node (see Change). It runs on the state
+	// machine goroutine: it must be cheap and must not block.
+	OnChange func(origin string, changes []Change)
+	// RetryTimeout bounds how long a write or a linearizable read waits
+	// for a leader (elections, partitions) when ctx has no earlier
+	// deadline (0: 30s). Within it callers see a pause, not an error.
+	RetryTimeout time.Duration
 }
+
+// clustered reports whether the service takes part in a multi-node
+// cluster (a Transport is configured).
+func (c *Config) clustered() bool { return c.Transport != nil }
 
 // DefaultBlockSize is the block size of a new namespace when
 // Config.BlockSize is 0.
@@ -60,6 +92,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.RetryTimeout == 0 {
+		c.RetryTimeout = 30 * time.Second
 	}
 	return c
 }

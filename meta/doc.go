@@ -16,6 +16,14 @@
 //   - encoding.go: key layout, binary records and the command encoding.
 //   - raftlog.go: the Raft log store and stable store over Badger.
 //   - config.go, logging.go: configuration and log adapters.
+//   - cluster.go: the multi-node service: Raft over the node transport,
+//     forwarding of writes to the leader, linearizable reads (ReadIndex).
+//   - dedup.go: command ids and the replicated table that makes a retried
+//     command apply once.
+//   - membership.go: status, adding and removing members, and the clients
+//     of those RPCs (the cluster command).
+//   - pins.go: every node's garbage collection pins and open inodes.
+//   - change.go: what applied commands changed, for kernel invalidation.
 //
 // # Errors
 //
@@ -79,6 +87,53 @@
 //   - If the state machine is found behind the newest snapshot at Open (its
 //     directory was lost), Open restores that snapshot before starting
 //     Raft.
+//
+// # Cluster
+//
+// With Config.Transport set the service is one node of a cluster; Raft
+// runs over the transport's "raft" streams, so the Raft address of a node
+// is its node address and one port carries everything. A node with no Raft
+// state bootstraps with Config.Peers (every node the same list; identical
+// concurrent bootstraps are harmless) or asks Config.Join to add it. The
+// namespace root is created by the first leader: every new leader commits
+// an idempotent bootstrap command before it serves reads (ensureReady).
+//
+// Writes: apply on a follower forwards the encoded command to the leader
+// (OpForward), which applies it and returns the encoded result; POSIX
+// errors travel in the result as errnos. Failed attempts (no leader, a
+// leader that died, a lost answer) are retried with back-off until ctx or
+// Config.RetryTimeout ends: callers see a pause, not an error. A retry of a
+// command whose outcome is unknown is safe because every command carries an
+// id (node id, sequence) and the state machine answers a known id with the
+// recorded first outcome (dedup.go).
+//
+// Reads: view first makes the read linearizable. The leader reads its
+// commit index, confirms leadership with a quorum (VerifyLeader) and waits
+// until its state machine applied that index; a follower asks the leader
+// for that index (OpReadIndex) and waits for its own state machine. Raft's
+// CommitTimeout is 5ms in a cluster, so an idle follower learns a new
+// commit index within that. Restore (a snapshot installed on a lagging or
+// wiped node) holds readers off while the database is reloaded.
+//
+// Membership: Status, AddMember (non-voter or voter; promotes), RemoveMember
+// work from any node (forwarded to the leader) and over RPC (RemoteStatus,
+// RemoteAddMember, RemoteRemoveMember). Close on a leader with other voters
+// hands leadership over first (LeadershipTransfer).
+//
+// Garbage and orphans: every node's pins are asked over RPC (OpPins,
+// ClusterPins; a member that does not answer fails the call, so the
+// collector skips the pass). Purge asks every node whether the inode is
+// open (OpIsOpen) and keeps an orphan that is open anywhere; a node that
+// cannot be asked fails the purge. The leader's collector purges the
+// orphans left, so an orphan unlinked on A while open on B is purged after
+// B closes it. Residual race, accepted: B could open an orphan by inode
+// number (from its kernel cache) between the question and the purge.
+//
+// Change notification: with Config.OnChange set, the state machine reports
+// after each batch what every command changed (inodes, entries added or
+// removed) with the node that proposed it, so that the file system can
+// invalidate kernel caches for other nodes' changes. A snapshot Restore
+// reports nothing; the kernel's short cache timeouts cover it.
 //
 // # Semantics
 //

@@ -18,6 +18,8 @@ const (
 	prefixOrphan  = 'o' // o ino -> (empty)
 	prefixGarbage = 'g' // g freedAt id -> (empty), oldest first
 	prefixGarbID  = 'G' // G id -> freedAt, to forget by id
+	prefixDedup   = 'r' // r origin 0x00 seq -> index u64, result
+	prefixExpiry  = 'e' // e index origin 0x00 seq -> (empty), oldest first
 	keyCounters   = "mcounters"
 )
 
@@ -190,6 +192,15 @@ type command struct {
 	SetAttr   *SetAttrRequest `json:"sa,omitempty"`
 	Write     *WriteCommit    `json:"w,omitempty"`
 	BlockSize uint32          `json:"bs,omitempty"`
+	// IfNew makes a bootstrap a no-op on a namespace that exists,
+	// whatever its block size (the marker a new leader commits).
+	IfNew bool `json:"in,omitempty"`
+	// Origin and Seq identify a command across retries: the proposing
+	// node's id and a sequence number unique on that node. A command
+	// with an id that the state machine applied recently is not applied
+	// again; the first outcome is returned (see dedup.go).
+	Origin string `json:"o,omitempty"`
+	Seq    uint64 `json:"q,omitempty"`
 }
 
 func encodeCommand(c *command) ([]byte, error) {

@@ -27,6 +27,20 @@ type fsm struct {
 
 	// applied mirrors cnt.Applied for lock-free AppliedIndex.
 	applied atomic.Uint64
+	// seen is the highest log index handed to the state machine of any
+	// type (configuration entries change no state and leave Applied
+	// alone): what linearizable reads wait for.
+	seen atomic.Uint64
+	// advMu guards adv, closed and replaced whenever seen advances.
+	advMu sync.Mutex
+	adv   chan struct{}
+
+	// restoreMu is held shared by readers of db and exclusively by
+	// Restore, so no read sees a half-loaded state.
+	restoreMu sync.RWMutex
+
+	// onChange receives what applied commands changed (nil: nobody).
+	onChange func(origin string, changes []Change)
 
 	// mu guards cnt and failed. Raft calls Apply, ApplyBatch, Snapshot and
 	// Restore from one goroutine; mu only orders them against readers.
@@ -73,7 +87,40 @@ func (f *fsm) loadCounters() error {
 	f.cnt = cnt
 	f.mu.Unlock()
 	f.applied.Store(cnt.Applied)
+	f.advance(cnt.Applied)
 	return nil
+}
+
+// advance raises seen to index and wakes waiters.
+func (f *fsm) advance(index uint64) {
+	for {
+		cur := f.seen.Load()
+		if index <= cur {
+			if index < cur || index == 0 {
+				return
+			}
+			break
+		}
+		if f.seen.CompareAndSwap(cur, index) {
+			break
+		}
+	}
+	f.advMu.Lock()
+	if f.adv != nil {
+		close(f.adv)
+		f.adv = nil
+	}
+	f.advMu.Unlock()
+}
+
+// advanced returns a channel closed when seen next advances.
+func (f *fsm) advanced() <-chan struct{} {
+	f.advMu.Lock()
+	defer f.advMu.Unlock()
+	if f.adv == nil {
+		f.adv = make(chan struct{})
+	}
+	return f.adv
 }
 
 // applyResult is what a command returns through raft.ApplyFuture.Response.
@@ -104,7 +151,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	b := &batch{f: f, txn: f.db.NewTransaction(true), cnt: f.cnt}
 	defer func() { b.txn.Discard() }()
+	var last uint64
 	for i, l := range logs {
+		last = max(last, l.Index)
 		if l.Type != raft.LogCommand || l.Index <= b.cnt.Applied {
 			continue
 		}
@@ -132,6 +181,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 		resps[i] = res
 	}
+	if err := b.pruneDedup(); err != nil {
+		f.logger.Warn("meta: prune command ids", "err", err)
+	}
 	if err := b.commit(); err != nil {
 		f.fail(err)
 		for i := range resps {
@@ -141,6 +193,14 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	f.cnt = b.cnt
 	f.applied.Store(b.cnt.Applied)
+	f.advance(last)
+	if f.onChange != nil {
+		for _, cs := range b.changes {
+			if len(cs.changes) > 0 {
+				f.onChange(cs.origin, cs.changes)
+			}
+		}
+	}
 	return resps
 }
 
@@ -154,12 +214,28 @@ type batch struct {
 	f   *fsm
 	txn *badger.Txn
 	cnt counters // the counters as of the last command added to txn
+	// changes are the effects of the batch's commands, collected only
+	// when the state machine has a subscriber.
+	changes []changeSet
 }
 
 // apply runs one command. A POSIX error leaves no trace but the applied
 // index; an error return means storage failed.
 func (b *batch) apply(index uint64, c *command) (*applyResult, error) {
 	a := &applyCtx{batch: b, index: index, cnt: b.cnt, writes: map[string]write{}, inodes: map[Ino]*inodeEntry{}}
+	if c.Origin != "" {
+		res, err := a.recordedResult(c)
+		if err != nil {
+			return nil, err
+		}
+		if res != nil {
+			// A retry of a command applied before: same outcome, no effect.
+			if err := b.commitCommand(a); err != nil {
+				return nil, err
+			}
+			return res, nil
+		}
+	}
 	res, err := a.run(c)
 	if err != nil {
 		return nil, err
@@ -168,6 +244,17 @@ func (b *batch) apply(index uint64, c *command) (*applyResult, error) {
 		a.writes = map[string]write{}
 		a.inodes = nil
 		a.cnt = b.cnt
+	}
+	if err := a.flushInodes(); err != nil {
+		return nil, err
+	}
+	if b.f.onChange != nil {
+		b.changes = append(b.changes, changeSet{origin: c.Origin, changes: collectChanges(b.txn, a.writes)})
+	}
+	if c.Origin != "" {
+		if err := a.recordResult(c, res); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.commitCommand(a); err != nil {
 		return nil, err
@@ -235,9 +322,12 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{db: f.db}, nil
 }
 
-// Restore replaces the whole state with a snapshot's backup.
+// Restore replaces the whole state with a snapshot's backup. Readers are
+// held off (restoreMu) while the database is dropped and reloaded.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	f.restoreMu.Lock()
+	defer f.restoreMu.Unlock()
 	if err := f.db.DropAll(); err != nil {
 		return fmt.Errorf("meta: restore: drop state: %w", err)
 	}

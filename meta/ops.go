@@ -278,6 +278,9 @@ func (a *applyCtx) run(c *command) (*applyResult, error) {
 }
 
 func (a *applyCtx) bootstrap(c *command) error {
+	if a.cnt.BlockSize != 0 && c.IfNew {
+		return nil
+	}
 	if a.cnt.BlockSize != 0 {
 		if a.cnt.BlockSize != uint64(c.BlockSize) {
 			return syscall.EINVAL

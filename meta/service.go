@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,7 +27,8 @@ var ErrClosed = errors.New("meta: service is closed")
 // Service is the metadata service of one node: a Raft state machine over
 // Badger holding inodes, directory entries, block maps, xattrs and id
 // counters. Every change is one Raft command; reads come from the local
-// state machine.
+// state machine (in a cluster after a ReadIndex, so they are
+// linearizable).
 //
 // Errors that are POSIX conditions are returned as syscall.Errno values
 // (ENOENT, EEXIST, ENOTEMPTY, ...), possibly wrapped; anything else is an
@@ -50,17 +52,45 @@ type Service struct {
 	// so the databases are never closed under a running call.
 	mu     sync.RWMutex
 	closed bool
+
+	// base is canceled when Close starts, to end retry loops.
+	base       context.Context
+	cancelBase context.CancelFunc
+	// seq numbers this node's commands (see dedup.go).
+	seq atomic.Uint64
+	// readyTerm is the leadership term in which this node, as leader,
+	// committed its ready marker (see ensureReady); readyMu serializes it.
+	readyTerm atomic.Uint64
+	readyMu   sync.Mutex
+	// rbMu guards the follower's read index batching (followerReadIndex).
+	rbMu      sync.Mutex
+	rbNext    *readBatch
+	rbSending bool
+	// leaderChanged is closed when the leader changes (watchLeader).
+	leaderMu      sync.Mutex
+	leaderChanged chan struct{}
+	// pins is the local file system's pins (SetLocalPins).
+	pins atomic.Pointer[pinsHolder]
 }
 
 // Open opens (or creates and bootstraps) the metadata service in cfg.Dir
-// and waits until it can serve requests (this node is the leader).
+// and waits until it can serve requests: alone, until this node is the
+// leader; in a cluster (cfg.Transport), until it has joined if asked to
+// and a linearizable read succeeds (a leader exists and this node caught
+// up with it).
 func Open(ctx context.Context, cfg Config) (*Service, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Dir == "" {
 		return nil, errors.New("meta: Config.Dir is empty")
 	}
-	s := &Service{cfg: cfg, logger: cfg.Logger.With("component", "meta")}
+	if !cfg.clustered() && (len(cfg.Peers) > 0 || cfg.Join != "") {
+		return nil, errors.New("meta: Peers and Join need a Transport")
+	}
+	s := &Service{cfg: cfg, logger: cfg.Logger.With("component", "meta", "node", cfg.NodeID)}
+	s.base, s.cancelBase = context.WithCancel(context.Background())
+	s.seq.Store(uint64(time.Now().UnixNano()))
 	if err := s.open(ctx); err != nil {
+		s.cancelBase()
 		s.shutdown()
 		return nil, err
 	}
@@ -85,6 +115,7 @@ func (s *Service) open(ctx context.Context) error {
 	if s.fsm, err = newFSM(s.stateDB, s.logger); err != nil {
 		return err
 	}
+	s.fsm.onChange = cfg.OnChange
 	hlog := newRaftLogger(cfg.Logger)
 	if s.snapshots, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog); err != nil {
 		return fmt.Errorf("meta: open snapshot store: %w", err)
@@ -92,7 +123,11 @@ func (s *Service) open(ctx context.Context) error {
 	if err := s.recoverFromSnapshot(); err != nil {
 		return err
 	}
-	if s.trans, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, nil, 3, 10*time.Second, hlog); err != nil {
+	if cfg.clustered() {
+		if s.trans, err = s.newClusterTransport(); err != nil {
+			return err
+		}
+	} else if s.trans, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, nil, 3, 10*time.Second, hlog); err != nil {
 		return fmt.Errorf("meta: raft transport on %s: %w", cfg.BindAddr, err)
 	}
 
@@ -108,21 +143,32 @@ func (s *Service) open(ctx context.Context) error {
 	// The state machine is persistent and idempotent (see fsm): restoring
 	// the snapshot at start would only wipe and reload it.
 	rc.NoSnapshotRestoreOnStart = true
+	if cfg.clustered() {
+		// Followers learn the commit index from AppendEntries, sent at
+		// the latest after CommitTimeout when idle: it bounds how long a
+		// linearizable read on a follower waits.
+		rc.CommitTimeout = 5 * time.Millisecond
+	}
 
 	existing, err := raft.HasExistingState(s.logs, s.logs, s.snapshots)
 	if err != nil {
 		return fmt.Errorf("meta: check raft state: %w", err)
 	}
-	if !existing {
-		conf := raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter, ID: rc.LocalID, Address: s.trans.LocalAddr(),
-		}}}
+	joining := !existing && cfg.clustered() && cfg.Join != "" && len(cfg.Peers) == 0
+	if !existing && !joining {
+		conf, err := s.bootstrapConfiguration()
+		if err != nil {
+			return err
+		}
 		if err := raft.BootstrapCluster(rc, s.logs, s.logs, s.snapshots, s.trans, conf); err != nil {
 			return fmt.Errorf("meta: bootstrap raft: %w", err)
 		}
 	}
 	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, s.snapshots, s.trans); err != nil {
 		return fmt.Errorf("meta: start raft: %w", err)
+	}
+	if cfg.clustered() {
+		return s.startCluster(ctx, joining)
 	}
 	if err := s.waitLeader(ctx); err != nil {
 		return err
@@ -213,9 +259,17 @@ func openBadger(dir string, syncWrites bool, memtable int64, logger *slog.Logger
 	return db, nil
 }
 
-// Close shuts down Raft and closes the databases. It is safe to call once.
-// Later calls return nil.
-func (s *Service) Close() error {
+// Close shuts down Raft and closes the databases. A leader of a cluster
+// with other voters first hands leadership to one of them, so writes
+// pause for a heartbeat rather than an election timeout. It is safe to
+// call once. Later calls return nil.
+func (s *Service) Close() error { return s.close(true) }
+
+func (s *Service) close(transfer bool) error {
+	s.cancelBase()
+	if transfer {
+		s.transferLeadership()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -223,6 +277,37 @@ func (s *Service) Close() error {
 	}
 	s.closed = true
 	return s.shutdown()
+}
+
+// transferLeadership hands leadership to another voter if this node leads
+// and there is one.
+func (s *Service) transferLeadership() {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.raft == nil || !s.cfg.clustered() || s.raft.State() != raft.Leader {
+		return
+	}
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	others := 0
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter && string(srv.ID) != s.cfg.NodeID {
+			others++
+		}
+	}
+	if others == 0 {
+		return
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := wait(ctx, s.raft.LeadershipTransfer()); err != nil {
+		s.logger.Warn("leadership transfer on close failed", "err", err)
+		return
+	}
+	s.logger.Info("handed over leadership", "to", s.leaderAddr(), "took", time.Since(start))
 }
 
 func (s *Service) shutdown() error {
@@ -297,14 +382,22 @@ func wait(ctx context.Context, f raft.Future) error {
 // the only way state changes. A POSIX failure is returned as the error
 // (a syscall.Errno). If ctx ends first the command may still be applied.
 //
-// Multi-node: a follower forwards the command to the leader here.
+// In a cluster the command gets an id and goes through applyCluster:
+// proposed here on the leader, forwarded to it elsewhere, retried through
+// elections (see doc.go, "Cluster").
 func (s *Service) apply(ctx context.Context, c *command) (*applyResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.cfg.clustered() {
+		c.Origin, c.Seq = s.cfg.NodeID, s.seq.Add(1)
+	}
 	data, err := encodeCommand(c)
 	if err != nil {
 		return nil, err
+	}
+	if s.cfg.clustered() {
+		return s.applyCluster(ctx, data)
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -325,17 +418,24 @@ func (s *Service) apply(ctx context.Context, c *command) (*applyResult, error) {
 // view runs a read-only transaction on the local state machine. It is the
 // only way state is read.
 //
-// Multi-node: linearizable reads confirm leadership here (VerifyLeader or
-// a ReadIndex) and wait until AppliedIndex reaches the read index.
+// In a cluster the read is linearizable: it waits for a leader-confirmed
+// read index first (linearize).
 func (s *Service) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if s.cfg.clustered() {
+		if err := s.linearize(ctx); err != nil {
+			return err
+		}
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
+	s.fsm.restoreMu.RLock()
+	defer s.fsm.restoreMu.RUnlock()
 	return s.stateDB.View(fn)
 }
 
@@ -598,7 +698,17 @@ func (s *Service) AllocBlocks(ctx context.Context, n uint64) (BlockID, error) {
 // Purge deletes an orphan inode (Nlink 0) and turns its blocks into
 // garbage. Purging a linked inode is a no-op, and so is purging an inode
 // that no longer exists.
+//
+// In a cluster, an inode still open on any node is not purged (nil is
+// returned; the node that closes it last purges it), and a node that
+// cannot be asked fails the call: purging is never risked.
 func (s *Service) Purge(ctx context.Context, ino Ino) error {
+	if open, err := s.openAnywhere(ctx, ino); err != nil || open {
+		if err != nil {
+			return fmt.Errorf("meta: purge %d: %w", ino, err)
+		}
+		return nil
+	}
 	_, err := s.apply(ctx, &command{Op: opPurge, Ino: ino})
 	return err
 }

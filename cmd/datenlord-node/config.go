@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/iouring"
 )
 
 // envPrefix prefixes the environment variable of every flag:
@@ -29,6 +32,9 @@ const (
 	defaultEntryTimeout    = time.Second
 	defaultShutdownTimeout = time.Minute
 	defaultGCInterval      = 30 * time.Second
+	defaultCacheDisk       = 10 * gib
+	defaultIOEngine        = iouring.KindAuto
+	defaultCachePolicy     = cache.PolicyAuto
 
 	// pageAlign is the alignment of pages: O_DIRECT I/O and RDMA memory
 	// regions want whole 4 KiB pages.
@@ -58,6 +64,21 @@ type serveConfig struct {
 	ShutdownTimeout time.Duration
 	GCInterval      time.Duration
 	FuseDebug       bool
+	// CacheDir holds the NVMe tier's page file; empty: no disk tier.
+	CacheDir string
+	// CacheDisk is the size of the NVMe tier's page file (with CacheDir).
+	CacheDisk int64
+	// CacheDiskSet is true when --cache-disk was given (flag or
+	// environment): without --cache-dir that is a mistake worth an error.
+	CacheDiskSet bool
+	// IOEngine drives the NVMe tier: auto, uring or psync.
+	IOEngine string
+	// CachePolicy names the eviction policy of the memory and disk tiers.
+	CachePolicy string
+	// Cluster holds the membership flags (cluster.go).
+	Cluster clusterConfig
+	// Transport is --transport, the neighbor page transport (cache_cmd.go).
+	Transport string
 }
 
 // metaDir is where the metadata service keeps Raft and Badger.
@@ -102,7 +123,7 @@ func (v logLevelValue) Type() string { return "level" }
 func addServeFlags(fs *pflag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.DataDir, "data-dir", defaultDataDir, "directory for the metadata (Raft log, Badger) and, by default, the block store; created with mode 0700")
 	fs.StringVar(&c.Mount, "mount", defaultMount, "directory to mount the file system on (must exist and not be a mount point)")
-	fs.StringVar(&c.StoreURL, "store", "", "persistence store URL, file:///abs/path (default file://<data-dir>/store)")
+	fs.StringVar(&c.StoreURL, "store", "", "persistence store URL: file:///abs/path, or s3://BUCKET/PREFIX?endpoint=URL&region=R&timeout=D&retries=N (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) (default file://<data-dir>/store)")
 	fs.Var(newSizeValue(&c.CacheMem, defaultCacheMem), "cache-mem", "memory cache size (units B, KiB, MiB, GiB, TiB; K/M/G/T are binary)")
 	fs.Var(newSizeValue(&c.BlockSize, defaultBlockSize), "block-size", "size of the immutable blocks files are cut into (multiple of the page size)")
 	fs.Var(newSizeValue(&c.PageSize, defaultPageSize), "page-size", "cache page size (multiple of 4KiB that divides the block size)")
@@ -115,6 +136,12 @@ func addServeFlags(fs *pflag.FlagSet, c *serveConfig) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long to wait for dirty data to flush and the unmount to finish on SIGINT/SIGTERM")
 	fs.DurationVar(&c.GCInterval, "gc-interval", defaultGCInterval, "how often the garbage collector deletes blocks no file references any more")
 	fs.BoolVar(&c.FuseDebug, "fuse-debug", false, "log every FUSE request and reply (very verbose)")
+	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory of the local NVMe cache tier (a preallocated pages.dat, kept warm across restarts; empty: no disk tier)")
+	fs.Var(newSizeValue(&c.CacheDisk, defaultCacheDisk), "cache-disk", "size of the NVMe cache tier's file in --cache-dir (needs --cache-dir)")
+	fs.StringVar(&c.IOEngine, "io-engine", defaultIOEngine, "I/O engine of the NVMe cache tier: auto (io_uring where the kernel allows, else pread/pwrite), uring or psync")
+	fs.StringVar(&c.CachePolicy, "cache-policy", defaultCachePolicy, "eviction policy of the memory and NVMe cache tiers: "+strings.Join(cache.PolicyNames(), ", ")+" (auto: scan-resistant, sequential reads do not flush the random working set)")
+	addClusterFlags(fs, &c.Cluster)
+	addTransportFlag(fs, &c.Transport)
 }
 
 // envName returns the environment variable of a flag: data-dir ->
@@ -213,6 +240,39 @@ func (c *serveConfig) validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return fmt.Errorf("--metrics %q: want host:port, such as 127.0.0.1:9100: %w", c.MetricsAddr, err)
 		}
+	}
+	return c.validateCache()
+}
+
+// validateCache checks the cache tier flags: --cache-dir, --cache-disk,
+// --io-engine and --cache-policy.
+func (c *serveConfig) validateCache() error {
+	if _, err := cache.NewPolicyFactory(c.CachePolicy); err != nil {
+		return fmt.Errorf("--cache-policy: %w", err)
+	}
+	c.CachePolicy = strings.ToLower(strings.TrimSpace(c.CachePolicy))
+	switch c.IOEngine = strings.ToLower(strings.TrimSpace(c.IOEngine)); c.IOEngine {
+	case iouring.KindAuto, iouring.KindUring, iouring.KindPsync:
+	default:
+		return fmt.Errorf("--io-engine %q: want %s, %s or %s", c.IOEngine, iouring.KindAuto, iouring.KindUring, iouring.KindPsync)
+	}
+	if c.CacheDir == "" {
+		if c.CacheDiskSet {
+			return fmt.Errorf("--cache-disk %s needs --cache-dir: name the directory of the NVMe cache tier", formatSize(c.CacheDisk))
+		}
+		return nil
+	}
+	var err error
+	if c.CacheDir, err = filepath.Abs(c.CacheDir); err != nil {
+		return fmt.Errorf("--cache-dir: %w", err)
+	}
+	if within(c.CacheDir, c.Mount) {
+		return fmt.Errorf("--cache-dir %s is inside the mount point %s: the cache would store itself in the file system it caches", c.CacheDir, c.Mount)
+	}
+	// pages.dat holds a 4 KiB superblock, then one 4 KiB header and one
+	// page per slot.
+	if minDisk := pageAlign + pageAlign + c.PageSize; c.CacheDisk < minDisk {
+		return fmt.Errorf("--cache-disk %s: must hold at least one page (at least %s with --page-size %s)", formatSize(c.CacheDisk), formatSize(minDisk), formatSize(c.PageSize))
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ func parseServeFlags(t *testing.T, args []string, env map[string]string) (*serve
 	if err := applyEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 		return nil, err
 	}
+	cfg.CacheDiskSet = fs.Changed("cache-disk")
 	return cfg, cfg.validate()
 }
 
@@ -35,6 +36,8 @@ func TestServeDefaults(t *testing.T) {
 		DataDir: "/var/lib/datenlord", Mount: "/mnt/datenlord", StoreURL: "file:///var/lib/datenlord/store",
 		CacheMem: 512 << 20, BlockSize: 512 << 10, PageSize: 64 << 10, DirtyLimit: 256 << 20,
 		LogLevel: slog.LevelInfo, AttrTimeout: time.Second, EntryTimeout: time.Second, ShutdownTimeout: time.Minute, GCInterval: 30 * time.Second,
+		CacheDisk: 10 << 30, IOEngine: "auto", CachePolicy: "auto",
+		Cluster: clusterConfig{Listen: defaultListen}, Transport: "auto",
 	}
 	if *cfg != want {
 		t.Errorf("defaults:\n got %+v\nwant %+v", *cfg, want)
@@ -90,6 +93,14 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad env size", nil, map[string]string{"DATENLORD_CACHE_MEM": "lots"}, "DATENLORD_CACHE_MEM"},
 		{"bad env bool", nil, map[string]string{"DATENLORD_FUSE_DEBUG": "maybe"}, "DATENLORD_FUSE_DEBUG"},
 		{"bad env duration", nil, map[string]string{"DATENLORD_ENTRY_TIMEOUT": "soon"}, "DATENLORD_ENTRY_TIMEOUT"},
+		{"bad io engine", []string{"--io-engine", "aio"}, nil, `--io-engine "aio": want auto, uring or psync`},
+		{"bad env io engine", nil, map[string]string{"DATENLORD_IO_ENGINE": "spdk"}, "--io-engine"},
+		{"bad cache policy", []string{"--cache-policy", "fifo"}, nil, "--cache-policy: unknown cache policy \"fifo\": valid policies are auto, lru, mru, s3fifo, 2q"},
+		{"cache-disk without cache-dir", []string{"--cache-disk", "1GiB"}, nil, "--cache-disk 1GiB needs --cache-dir"},
+		{"env cache-disk without cache-dir", nil, map[string]string{"DATENLORD_CACHE_DISK": "1GiB"}, "needs --cache-dir"},
+		{"cache-disk too small", []string{"--cache-dir", "/c", "--cache-disk", "64KiB"}, nil, "--cache-disk 64KiB: must hold at least one page"},
+		{"bad cache-disk", []string{"--cache-dir", "/c", "--cache-disk", "big"}, nil, `invalid size "big"`},
+		{"cache dir inside mount", []string{"--mount", "/mnt/x", "--cache-dir", "/mnt/x/cache"}, nil, "--cache-dir /mnt/x/cache is inside the mount point"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseServeFlags(t, tc.args, tc.env)
@@ -97,6 +108,31 @@ func TestServeConfigErrors(t *testing.T) {
 				t.Errorf("err = %v; want it to contain %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestServeCacheFlags checks the cache tier flags: defaults with
+// --cache-dir, the environment, and case-insensitive names.
+func TestServeCacheFlags(t *testing.T) {
+	cfg, err := parseServeFlags(t, []string{"--cache-dir", "rel/cache"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(cfg.CacheDir, "/rel/cache") || cfg.CacheDir[0] != '/' || cfg.CacheDisk != 10<<30 || cfg.IOEngine != "auto" || cfg.CachePolicy != "auto" {
+		t.Errorf("--cache-dir alone: dir %q (want absolute), disk %d (want 10GiB), engine %q, policy %q", cfg.CacheDir, cfg.CacheDisk, cfg.IOEngine, cfg.CachePolicy)
+	}
+	env := map[string]string{
+		"DATENLORD_CACHE_DIR":    "/env/cache",
+		"DATENLORD_CACHE_DISK":   "2GiB",
+		"DATENLORD_IO_ENGINE":    "PSYNC",
+		"DATENLORD_CACHE_POLICY": "S3FIFO",
+	}
+	cfg, err = parseServeFlags(t, []string{"--cache-policy", "2q"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CacheDir != "/env/cache" || cfg.CacheDisk != 2<<30 || cfg.IOEngine != "psync" || cfg.CachePolicy != "2q" {
+		t.Errorf("env: dir %q, disk %d, engine %q, policy %q; want /env/cache, 2GiB, psync, 2q (flag wins)", cfg.CacheDir, cfg.CacheDisk, cfg.IOEngine, cfg.CachePolicy)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/datenlord/datenlord-go/gc"
 	"github.com/datenlord/datenlord-go/meta"
 	"github.com/datenlord/datenlord-go/store"
+	"github.com/datenlord/datenlord-go/tcpfallback"
 )
 
 // newServeCmd returns the `serve` command.
@@ -35,6 +36,25 @@ flushes dirty data, unmounts and exits 0; a second signal exits at once.
 fsync(2) and close(2) on the mount return only once the data is durable in the
 store and its metadata is committed to the Raft log.
 
+Blocks persist in --store: a local directory (file:///abs/path, the default
+file://<data-dir>/store) or an S3 bucket (s3://BUCKET/PREFIX?endpoint=URL&
+region=R&timeout=D&retries=N&concurrency=N&part-size=SIZE; path-style, any
+S3-compatible server). S3 credentials come from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY (or the AWS SDK's other usual sources), never the URL.
+
+Pages are cached in memory (--cache-mem) and, with --cache-dir, in a local
+NVMe tier (--cache-disk, default 10GiB) that stays warm across restarts, read
+and written through io_uring (--io-engine). --cache-policy picks the eviction
+policy of both tiers.
+
+With --peers (the bootstrap voters, the same list on every node) or --join
+(any member of a running cluster), the node is part of a metadata cluster:
+Raft, forwarded writes, linearizable reads and membership travel over the
+authenticated node transport on --listen (default 127.0.0.1:7070), with the
+secret from --cluster-secret-file or DATENLORD_CLUSTER_SECRET. All nodes must
+share the block store (--store). Without either flag the node is alone, as
+before, and listens on no port. See "datenlord-node cluster --help".
+
 Every flag can also be set as DATENLORD_<FLAG> in the environment (dashes
 become underscores: DATENLORD_CACHE_MEM=1GiB); flags win over the environment.`,
 		Example: `  # Serve with the defaults: data in /var/lib/datenlord, mounted at /mnt/datenlord
@@ -46,15 +66,36 @@ become underscores: DATENLORD_CACHE_MEM=1GiB); flags win over the environment.`,
   # Keep blocks in a separate directory, and log at debug level
   datenlord-node serve --store file:///srv/blocks --log-level debug
 
+  # Blocks in an S3 bucket (here a local versitygw), with a 100 GiB NVMe cache tier
+  AWS_ACCESS_KEY_ID=KEY AWS_SECRET_ACCESS_KEY=SECRET datenlord-node serve \
+    --store 's3://datenlord/node1?endpoint=http://127.0.0.1:7070&region=us-east-1' \
+    --cache-dir /nvme/datenlord-cache --cache-disk 100GiB --io-engine uring --cache-policy s3fifo
+
   # The same settings from the environment
-  DATENLORD_DATA_DIR=/srv/datenlord DATENLORD_MOUNT=/mnt/dl datenlord-node serve`,
+  DATENLORD_DATA_DIR=/srv/datenlord DATENLORD_MOUNT=/mnt/dl datenlord-node serve
+
+  # One node of a three-node cluster (run the same on n2 and n3 with their own
+  # --node-id, --listen, data dir and mount point), sharing one block store
+  datenlord-node serve --node-id n1 --listen 127.0.0.1:7071 \
+    --peers n1=127.0.0.1:7071,n2=127.0.0.1:7072,n3=127.0.0.1:7073 \
+    --cluster-secret-file /etc/datenlord/secret --store file:///srv/shared-blocks \
+    --data-dir /srv/n1 --mount /mnt/n1
+
+  # A fourth node joins the running cluster as a non-voter
+  datenlord-node serve --node-id n4 --listen 127.0.0.1:7074 --join 127.0.0.1:7071 \
+    --cluster-secret-file /etc/datenlord/secret --store file:///srv/shared-blocks \
+    --data-dir /srv/n4 --mount /mnt/n4`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd.Flags(), s.LookupEnv); err != nil {
 				return err
 			}
 			cfg.BlockSizeSet = cmd.Flags().Changed("block-size")
+			cfg.CacheDiskSet = cmd.Flags().Changed("cache-disk")
 			if err := cfg.validate(); err != nil {
+				return &usageError{cmd: cmd, err: err}
+			}
+			if err := cfg.Cluster.validate(s.LookupEnv); err != nil {
 				return &usageError{cmd: cmd, err: err}
 			}
 			logger := slog.New(slog.NewTextHandler(s.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
@@ -158,12 +199,35 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 	if cfg.BlockSizeSet {
 		formatBlockSize = uint32(cfg.BlockSize)
 	}
+	// In a cluster (cluster.go) the node transport carries Raft, the
+	// forwarded writes and reads, and membership; the notifier turns
+	// other nodes' changes into kernel cache invalidations once mounted.
+	var tr meta.Transport // stays a nil interface alone
+	var onChange func(origin string, changes []meta.Change)
+	notifier := fs.NewNotifier(cfg.Cluster.NodeID, logger.With("component", "fs"))
+	cl.push("notifier", func() error { notifier.Close(); return nil })
+	if cfg.Cluster.clustered() {
+		onChange = notifier.OnChange
+		t, err := startTransport(ctx, cfg.Cluster, reg, logger.With("component", "transport"))
+		if err != nil {
+			return interrupted(ctx, err)
+		}
+		cl.push("node transport", t.Close)
+		tr = t
+		logger.Info("node transport listening", "node_id", cfg.Cluster.NodeID, "listen", cfg.Cluster.Listen, "advertise", t.Addr(),
+			"peers", cfg.Cluster.PeersFlag, "join", cfg.Cluster.Join, "voter", cfg.Cluster.Voter)
+	}
 	md, err := meta.Open(ctx, meta.Config{
 		Dir:       cfg.metaDir(),
-		NodeID:    "node1",
+		NodeID:    cfg.Cluster.NodeID,
 		BindAddr:  "127.0.0.1:0",
 		BlockSize: formatBlockSize,
 		Logger:    logger.With("component", "meta"),
+		Transport: tr,
+		Peers:     cfg.Cluster.peers(),
+		Join:      cfg.Cluster.Join,
+		Voter:     cfg.Cluster.Voter,
+		OnChange:  onChange,
 	})
 	if errors.Is(err, meta.ErrDataDirInUse) {
 		return errDataDirInUse(cfg.DataDir, 0)
@@ -177,11 +241,32 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		return fmt.Errorf("--page-size %s does not divide the block size %s that data dir %s was formatted with", formatSize(cfg.PageSize), formatSize(cfg.BlockSize), cfg.DataDir)
 	}
 
-	c, err := cache.New(cache.Config{PageSize: int(cfg.PageSize), MemBytes: cfg.CacheMem, Registerer: reg, Logger: logger.With("component", "cache")}, st)
-	if err != nil {
-		return fmt.Errorf("create cache: %w", err)
+	// In a cluster the neighbor tier (cache_cmd.go) makes the members'
+	// memory one page cache, behind the local tiers.
+	var neighbor []cache.Tier
+	var nb *cache.NeighborTier
+	nodeTr, clustered := tr.(*tcpfallback.Transport)
+	if clustered {
+		var stopMembers func()
+		nb, stopMembers, err = startNeighbor(nodeTr, md, cfg.Cluster.NodeID, cfg.Transport, int(cfg.PageSize), int(cfg.BlockSize), reg, logger.With("component", "cache"))
+		if err != nil {
+			return err
+		}
+		cl.push("cache membership", func() error { stopMembers(); return nil })
+		neighbor = append(neighbor, nb)
+	} else if _, err := neighborTransportName(cfg.Transport); err != nil {
+		return err
 	}
-	cl.push("cache", c.Close)
+	c, err := openCache(ctx, cfg, st, reg, logger.With("component", "cache"), neighbor...)
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	cl.push("cache", c.Close) // closes the disk and neighbor tiers too
+	if nb != nil {
+		if err := serveNeighbor(nodeTr, nb, c, md); err != nil {
+			return err
+		}
+	}
 
 	fsys, err := fs.Mount(ctx, fs.Config{
 		Mountpoint:   cfg.Mount,
@@ -207,12 +292,18 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		return nil
 	})
 	cl.push("file system", unmount)
+	notifier.Attach(fsys)
+	md.SetLocalPins(fsys)
 
 	// Background services that need the mounted file system, the metadata
 	// and the store start here, and cl stops them after the unmount below
 	// and before the metadata closes. The block garbage collector takes its
 	// pins (open block maps, blocks of flushes in flight) from the mount.
-	collector, err := gc.New(gc.Config{Interval: cfg.GCInterval, Registerer: reg, Logger: logger}, md, st, c, fsys)
+	gcCfg := gc.Config{Interval: cfg.GCInterval, Registerer: reg, Logger: logger}
+	if cfg.Cluster.clustered() {
+		gcCfg.Cluster = md // only the leader collects, with every node's pins
+	}
+	collector, err := gc.New(gcCfg, md, st, c, fsys)
 	if err != nil {
 		return fmt.Errorf("create garbage collector: %w", err)
 	}
@@ -240,6 +331,7 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		"data_dir", cfg.DataDir, "store", st.String(),
 		"cache_mem", formatSize(cfg.CacheMem), "block_size", formatSize(cfg.BlockSize),
 		"page_size", formatSize(cfg.PageSize), "dirty_limit", formatSize(cfg.DirtyLimit),
+		"cache_policy", cfg.CachePolicy, "cache_dir", cfg.CacheDir,
 		"attr_timeout", cfg.AttrTimeout, "entry_timeout", cfg.EntryTimeout, "gc_interval", cfg.GCInterval,
 		"metrics", cfg.MetricsAddr, "version", version)
 
@@ -264,6 +356,51 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// openCache creates the page cache: the memory tier and, with --cache-dir,
+// the NVMe tier behind it, both with the --cache-policy policy. The
+// returned cache owns the disk tier: Cache.Close closes it.
+// neighbor (the neighbor tier, in a cluster) goes after the local tiers.
+func openCache(ctx context.Context, cfg serveConfig, st store.Store, reg prometheus.Registerer, logger *slog.Logger, neighbor ...cache.Tier) (*cache.Cache, error) {
+	policy, err := cache.NewPolicyFactory(cfg.CachePolicy)
+	if err != nil {
+		return nil, fmt.Errorf("--cache-policy: %w", err)
+	}
+	var extra []cache.Tier
+	if cfg.CacheDir != "" {
+		disk, err := cache.NewDiskTier(ctx, cache.DiskConfig{
+			Dir:        cfg.CacheDir,
+			Bytes:      cfg.CacheDisk,
+			PageSize:   int(cfg.PageSize),
+			EngineKind: cfg.IOEngine,
+			Policy:     policy,
+			Registerer: reg,
+			Logger:     logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open the NVMe cache tier in --cache-dir %s (--cache-disk %s, --io-engine %s): %w", cfg.CacheDir, formatSize(cfg.CacheDisk), cfg.IOEngine, err)
+		}
+		// The tier logs its engine, slots and the pages it found.
+		extra = append(extra, disk)
+	}
+	extra = append(extra, neighbor...)
+	c, err := cache.New(cache.Config{
+		PageSize:     int(cfg.PageSize),
+		MemBytes:     cfg.CacheMem,
+		Registerer:   reg,
+		Logger:       logger,
+		MemoryPolicy: policy,
+	}, st, extra...)
+	if err != nil {
+		for _, t := range extra {
+			if cerr := t.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("close cache tier %s: %w", t.Name(), cerr))
+			}
+		}
+		return nil, fmt.Errorf("create cache: %w", err)
+	}
+	return c, nil
 }
 
 // kernelCacheTimeout maps the --attr-timeout/--entry-timeout value to
