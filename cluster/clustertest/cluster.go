@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -286,15 +288,50 @@ func (c *Cluster) teardown() {
 }
 
 // freeLoopbackAddr returns a 127.0.0.1 address with a port that was free
-// a moment ago.
+// a moment ago. Ports come from below the kernel's ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range, 32768 and up by default), so
+// that the outgoing connections of nodes and tests, which take ephemeral
+// ports, cannot grab a port between this check and the node's bind (seen
+// in CI as "address already in use" on a restarted node's port).
 func freeLoopbackAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("clustertest: free port: %v", err)
+	lo, _ := ephemeralRange()
+	const base = 10000
+	if lo <= base+1000 {
+		lo = 32768 // an unusual range: fall back to the default split
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 200 {
+		port := base + mrand.IntN(lo-base)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	t.Fatalf("clustertest: no free port below %d on 127.0.0.1", lo)
+	return ""
+}
+
+// ephemeralRange reads the kernel's local port range (32768 60999 by
+// default).
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 2 {
+		if a, err := strconv.Atoi(f[0]); err == nil {
+			lo = a
+		}
+		if b, err := strconv.Atoi(f[1]); err == nil {
+			hi = b
+		}
+	}
+	return lo, hi
 }
 
 // cleanEnv is this process's environment without DATENLORD_* variables, so

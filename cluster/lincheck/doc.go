@@ -11,9 +11,12 @@
 //   - create: open(O_CREAT|O_EXCL|O_WRONLY, mode) + close. Success creates an
 //     empty file with mode &^ umask; EEXIST if the name exists.
 //   - unlink: success removes the name; ENOENT if it does not exist.
-//   - rename(from, to) within one directory: ENOENT if from does not exist;
-//     otherwise to takes from's file (replacing any file there) and from is
-//     gone; rename(x, x) of an existing x changes nothing.
+//   - rename(from, to) within one directory, with RENAME_NOREPLACE: ENOENT
+//     if from does not exist, EEXIST if to exists (rename(x, x) too);
+//     otherwise to takes from's file and from is gone. (A plain rename can
+//     succeed in the kernel without reaching the file system when its
+//     dentries for from and to briefly name the same inode during another
+//     node's rename — see history.go — which no atomic model can place.)
 //   - chmod and truncate (the two setattrs): ENOENT if the name does not
 //     exist, otherwise they set the permission bits or the size.
 //   - stat: ENOENT, or the file's permission bits and size.

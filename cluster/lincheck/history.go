@@ -273,7 +273,13 @@ func (c *Client) exec(dirFD int, in Input) (Output, error) {
 	case Unlink:
 		err = unix.Unlink(path)
 	case Rename:
-		err = unix.Rename(path, dir+"/"+Name(in.To))
+		// RENAME_NOREPLACE, not plain rename: the kernel answers a plain
+		// rename(b, c) with success and no request at all when its dentries
+		// for b and c name the same inode, which two lookups racing another
+		// node's rename(b, c) can make them do for a moment. The result is
+		// correct for a POSIX file system but cannot be placed in this
+		// model's history. With NOREPLACE the kernel says EEXIST there.
+		err = unix.Renameat2(unix.AT_FDCWD, path, unix.AT_FDCWD, dir+"/"+Name(in.To), unix.RENAME_NOREPLACE)
 	case Chmod:
 		err = unix.Chmod(path, in.Mode)
 	case Truncate:

@@ -105,10 +105,11 @@ func step(s dirState, in Input) (dirState, Output) {
 		if !f.Exists {
 			return s, Output{Errno: unix.ENOENT}
 		}
-		if in.To != in.Name {
-			s[in.To] = f
-			s[in.Name] = file{}
+		if s[in.To].Exists { // RENAME_NOREPLACE; also rename(x, x)
+			return s, Output{Errno: unix.EEXIST}
 		}
+		s[in.To] = f
+		s[in.Name] = file{}
 	case Chmod:
 		if !f.Exists {
 			return s, Output{Errno: unix.ENOENT}

@@ -23,7 +23,7 @@ func TestModelAcceptsSequentialSemantics(t *testing.T) {
 		op(0, Input{Kind: Stat, Dir: "d", Name: 0}, 8, Output{Errno: unix.ENOENT}, 9),
 		op(0, Input{Kind: Stat, Dir: "d", Name: 1}, 10, Output{Mode: 0o644, Size: 3000}, 11),
 		op(0, Input{Kind: Chmod, Dir: "d", Name: 1, Mode: 0o600}, 12, Output{}, 13),
-		op(0, Input{Kind: Rename, Dir: "d", Name: 1, To: 1}, 14, Output{}, 15),
+		op(0, Input{Kind: Rename, Dir: "d", Name: 1, To: 1}, 14, Output{Errno: unix.EEXIST}, 15),
 		op(0, Input{Kind: Stat, Dir: "d", Name: 1}, 16, Output{Mode: 0o600, Size: 3000}, 17),
 		op(0, Input{Kind: Unlink, Dir: "d", Name: 1}, 18, Output{}, 19),
 		op(0, Input{Kind: Unlink, Dir: "d", Name: 1}, 20, Output{Errno: unix.ENOENT}, 21),
