@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -26,9 +27,13 @@ import (
 // Reader side (NeighborTier.GetSized, called by Cache.ReadPage after the
 // local memory and disk tiers miss): a page owned by another node is read
 // from that owner (opReadPage); the owner serves it from its memory arena
-// after checking the slot header (key, generation, CRC-32C) and the reader
-// checks the CRC again on arrival, so corruption anywhere on the way is a
-// miss, never wrong bytes. A page this node owns is not sent over the
+// after checking the slot header (key, length, generation) and sends the
+// slot's CRC-32C with it, and the reader checks that CRC on arrival, so
+// corruption anywhere on the way, the owner's arena included, is a miss,
+// never wrong bytes. (Over tcpfallback the owner answers inline from its
+// connection reader without rehashing the page, and the transport skips
+// its frame CRC over the page: the reader's check is the end-to-end one,
+// one CRC pass per page read.) A page this node owns is not sent over the
 // network. A failed call (refused, lost connection, timeout after
 // NeighborConfig.CallTimeout) marks the peer down and is a miss: the
 // reader falls back to persistence, and later pages go to the next owner
@@ -89,6 +94,25 @@ type NeighborTransport interface {
 	CallInto(ctx context.Context, addr string, op uint16, req, resp []byte) ([]byte, error)
 	// Handle registers the handler of op (each op once).
 	Handle(op uint16, h NeighborHandler)
+}
+
+// neighborFastTransport is implemented by transports (tcpfallback) that
+// can serve a request inline on the connection's reader, into a buffer
+// they own, and read a response whose payload the caller checks itself
+// straight into the caller's buffers. The neighbor tier uses it for
+// opReadPage: the page carries its slot's CRC-32C, which the reader
+// verifies against the bytes it received, so the transport need not hash
+// the page a second time, and a page read costs no allocation, no
+// goroutine hand-off at the owner and no copy at the reader.
+type neighborFastTransport interface {
+	// HandleInline registers op with a non-blocking fast path (run on
+	// the reader, building its response in dst of at least scratch
+	// bytes; ok false defers to h).
+	HandleInline(op uint16, scratch int, fast func(peer string, req, dst []byte) (resp []byte, ok bool), h NeighborHandler)
+	// CallIntoSplit reads the response payload into head, then body;
+	// it returns the payload length. The payload is not covered by the
+	// transport's checksum: the caller verifies it.
+	CallIntoSplit(ctx context.Context, addr string, op uint16, req, head, body []byte) (int, error)
 }
 
 // SlotLocation is where a page lives in its owner's memory arena, for
@@ -157,16 +181,19 @@ type NeighborTier struct {
 	cfg   NeighborConfig
 	log   *slog.Logger
 	tr    NeighborTransport
-	slots SlotReader // nil: no one-sided reads
+	fast  neighborFastTransport // nil: plain CallInto and Handle
+	slots SlotReader            // nil: no one-sided reads
 	crc   *crc32.Table
 	m     *neighborMetrics
-	bufs  sync.Pool // *[]byte of respHeaderSize+PageSize
+	bufs  sync.Pool // *[]byte of max(respHeaderSize, slotHeaderSize)+PageSize
 
-	mu     sync.Mutex
-	peers  map[string]*peerState
-	hints  map[PageKey]SlotLocation
-	cache  *Cache // set by Serve
-	closed bool
+	mu    sync.Mutex
+	peers map[string]*peerState
+	hints map[PageKey]SlotLocation
+	cache *Cache // set by Serve
+	// serving is cache, for the inline handler (no lock on its path).
+	serving atomic.Pointer[Cache]
+	closed  bool
 
 	fillMu sync.Mutex
 	fills  map[uint64]*blockFill
@@ -246,7 +273,8 @@ func NewNeighborTier(cfg NeighborConfig) (*NeighborTier, error) {
 		stop:   make(chan struct{}),
 	}
 	n.slots, _ = cfg.Transport.(SlotReader)
-	size := respHeaderSize + cfg.PageSize
+	n.fast, _ = cfg.Transport.(neighborFastTransport)
+	size := max(respHeaderSize, slotHeaderSize) + cfg.PageSize // a response, or a slot read one-sidedly
 	n.bufs.New = func() any { b := make([]byte, size); return &b }
 	for range offerWorkers {
 		n.wg.Add(1)
@@ -394,14 +422,34 @@ func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, l
 	defer n.bufs.Put(bp)
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
-	resp, err := n.tr.CallInto(cctx, node.Addr, opReadPage, req[:], *bp)
-	cancel()
-	if err != nil {
-		n.callFailed(ctx, node, err)
-		return 0, false
+	var r readResp
+	var err error
+	if n.fast != nil && len(dst) >= n.cfg.PageSize {
+		// The page goes straight from the socket into dst, unhashed by
+		// the transport: the slot CRC below is the end-to-end check.
+		head := (*bp)[:respHeaderSize]
+		var total int
+		total, err = n.fast.CallIntoSplit(cctx, node.Addr, opReadPage, req[:], head, dst[:n.cfg.PageSize])
+		cancel()
+		if err != nil {
+			n.callFailed(ctx, node, err)
+			return 0, false
+		}
+		r, err = decodeReadRespHead(head, total, n.cfg.PageSize)
+		if err == nil && r.status == statusOK {
+			r.data = dst[:r.length]
+		}
+	} else {
+		var resp []byte
+		resp, err = n.tr.CallInto(cctx, node.Addr, opReadPage, req[:], *bp)
+		cancel()
+		if err != nil {
+			n.callFailed(ctx, node, err)
+			return 0, false
+		}
+		r, err = decodeReadResp(resp, n.cfg.PageSize)
 	}
 	n.m.duration.WithLabelValues(node.ID).Observe(time.Since(start).Seconds())
-	r, err := decodeReadResp(resp, n.cfg.PageSize)
 	if err == nil && r.status == statusOK {
 		if length > 0 && int(r.length) != length {
 			err = fmt.Errorf("owner sent %d bytes, the block map says %d", r.length, length)
@@ -424,6 +472,9 @@ func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, l
 		n.setHint(key, r.loc)
 	}
 	n.m.reads.Inc()
+	if len(r.data) > 0 && &r.data[0] == &dst[0] {
+		return len(r.data), true // read in place
+	}
 	return copy(dst, r.data), true
 }
 
@@ -442,7 +493,10 @@ func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, len
 	err := n.slots.ReadSlot(cctx, node.Addr, loc, buf)
 	cancel()
 	if err != nil {
-		n.callFailed(ctx, node, err)
+		// Not a verdict on the peer: the request path follows at once
+		// (over TCP) and judges its liveness; the slot reader reconnects
+		// its one-sided path in the background.
+		n.log.Debug("one-sided read failed; reading over the request path", "peer", node.ID, "err", err)
 		return 0, false
 	}
 	if err := checkSlot(buf, key, loc, n.crc); err != nil {
@@ -684,6 +738,7 @@ type neighborMetrics struct {
 	offersSent    prometheus.Counter
 	offersDropped prometheus.Counter
 	served        *prometheus.CounterVec
+	servedMemory  prometheus.Counter // served{source="memory"}
 }
 
 func newNeighborMetrics(reg prometheus.Registerer, transport string) (*neighborMetrics, error) {
@@ -736,6 +791,7 @@ func newNeighborMetrics(reg prometheus.Registerer, transport string) (*neighborM
 		offersSent:    offers.WithLabelValues("sent"),
 		offersDropped: offers.WithLabelValues("dropped"),
 		served:        served,
+		servedMemory:  served.WithLabelValues("memory"),
 	}, nil
 }
 

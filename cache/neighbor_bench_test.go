@@ -18,8 +18,8 @@ import (
 )
 
 // BenchmarkNeighborRead measures page reads through the neighbor tier
-// (reader -> owner's memory arena over tcpfallback, checksum checked at
-// both ends) next to a raw Go TCP ping-pong of the same size over the
+// (reader -> owner's memory arena over tcpfallback, page checksum
+// verified end to end at the reader) next to a raw Go TCP ping-pong of the same size over the
 // same loopback, in the same run. Issue 5 acceptance 6: neighbor p50 <=
 // 1.5x raw. Reported: p50-µs, p99-µs and MB/s (single stream).
 func BenchmarkNeighborRead(b *testing.B) {

@@ -22,9 +22,14 @@ func (n *NeighborTier) Serve(c *Cache) error {
 		return errors.New("cache neighbor serve: already serving")
 	}
 	n.cache = c
+	n.serving.Store(c)
 	n.mu.Unlock()
 	n.tr.Handle(opPing, func(context.Context, string, []byte) ([]byte, error) { return nil, nil })
-	n.tr.Handle(opReadPage, n.handleReadPage)
+	if n.fast != nil {
+		n.fast.HandleInline(opReadPage, respHeaderSize+n.cfg.PageSize, n.readPageInline, n.handleReadPage)
+	} else {
+		n.tr.Handle(opReadPage, n.handleReadPage)
+	}
 	n.tr.Handle(opPutPage, n.handlePutPage)
 	n.tr.Handle(opLocate, n.handleLocate)
 	n.tr.Handle(opWarmBlock, n.handleWarmBlock)
@@ -82,6 +87,31 @@ func (n *NeighborTier) handleReadPage(ctx context.Context, peer string, req []by
 	n.m.served.WithLabelValues("fill").Inc()
 	encodeReadRespHeader(resp, readResp{status: statusOK, length: uint32(got), crc: crc32.Checksum(page[:got], n.crc)})
 	return resp[:respHeaderSize+got], nil
+}
+
+// readPageInline is the transport's inline fast path of opReadPage: a page
+// held in the memory arena, copied from its slot into dst (the
+// transport's buffer) with the slot's stored CRC-32C, not rehashed: the
+// reader verifies it against the bytes it receives (corruption anywhere,
+// the arena included, is a miss there). Anything else (a malformed
+// request, a miss that needs a fill) goes to handleReadPage.
+func (n *NeighborTier) readPageInline(_ string, req, dst []byte) ([]byte, bool) {
+	c := n.serving.Load()
+	if c == nil || len(dst) < respHeaderSize+n.cfg.PageSize {
+		return nil, false
+	}
+	r, err := decodeReadReq(req, n.cfg.PageSize)
+	if err != nil {
+		return nil, false
+	}
+	page := dst[respHeaderSize : respHeaderSize+n.cfg.PageSize]
+	got, crc, loc, ok := c.memory.copyLocated(r.key, page, false)
+	if !ok || (r.length != 0 && got != int(r.length)) {
+		return nil, false
+	}
+	n.m.servedMemory.Inc()
+	encodeReadRespHeader(dst, readResp{status: statusOK, hasLoc: true, length: uint32(got), crc: crc, loc: loc})
+	return dst[:respHeaderSize+got], true
 }
 
 // fill reads a page this node serves but does not hold (ctx is a serving
@@ -410,6 +440,13 @@ func (n *NeighborTier) Nodes() []Node { return n.cfg.Membership.Nodes() }
 // getLocated is Get that also returns the slot's CRC and location (for a
 // neighbor's later one-sided reads). The header is checked as in Get.
 func (t *memoryTier) getLocated(key PageKey, dst []byte) (int, uint32, SlotLocation, bool) {
+	return t.copyLocated(key, dst, true)
+}
+
+// copyLocated is getLocated that, with verify false, checks the slot
+// header (key, length, generation) but not the page against its CRC: for
+// a copy whose receiver verifies that CRC itself.
+func (t *memoryTier) copyLocated(key PageKey, dst []byte, verify bool) (int, uint32, SlotLocation, bool) {
 	t.mu.Lock()
 	s, ok := t.index[key]
 	if !ok || t.closed {
@@ -434,7 +471,7 @@ func (t *memoryTier) getLocated(key PageKey, dst []byte) (int, uint32, SlotLocat
 		binary.LittleEndian.Uint32(hdr[hdrIndex:]) == key.Index &&
 		binary.LittleEndian.Uint32(hdr[hdrLength:]) == uint32(n) &&
 		binary.LittleEndian.Uint64(hdr[hdrGeneration:]) == gen &&
-		crc == crc32.Checksum(dst[:n], t.crc)
+		(!verify || crc == crc32.Checksum(dst[:n], t.crc))
 	seg.refs[i].Add(-1)
 	if !good {
 		t.dropCorrupt(key, s, gen)

@@ -129,6 +129,19 @@ func decodeReadResp(b []byte, pageSize int) (readResp, error) {
 	if len(b) < respHeaderSize {
 		return readResp{}, wireErr("read response of %d bytes, shorter than its header", len(b))
 	}
+	r, err := decodeReadRespHead(b[:respHeaderSize], len(b), pageSize)
+	if err == nil && r.status == statusOK {
+		r.data = b[respHeaderSize:]
+	}
+	return r, err
+}
+
+// decodeReadRespHead decodes the header of a read response of total bytes
+// (header included) whose page bytes are elsewhere (r.data stays nil).
+func decodeReadRespHead(b []byte, total int, pageSize int) (readResp, error) {
+	if len(b) < respHeaderSize || total < respHeaderSize {
+		return readResp{}, wireErr("read response of %d bytes, shorter than its header", total)
+	}
 	r := readResp{
 		status: b[0],
 		hasLoc: b[1] == 1,
@@ -148,13 +161,12 @@ func decodeReadResp(b []byte, pageSize int) (readResp, error) {
 		if r.length == 0 || int64(r.length) > int64(pageSize) {
 			return readResp{}, wireErr("read response: page length %d outside 1..%d", r.length, pageSize)
 		}
-		if uint64(len(b)) != respHeaderSize+uint64(r.length) {
-			return readResp{}, wireErr("read response of %d bytes for a %d-byte page", len(b), r.length)
+		if uint64(total) != respHeaderSize+uint64(r.length) {
+			return readResp{}, wireErr("read response of %d bytes for a %d-byte page", total, r.length)
 		}
-		r.data = b[respHeaderSize:]
 		r.loc.Length = r.length
 	case statusMiss:
-		if len(b) != respHeaderSize || r.length != 0 || r.hasLoc {
+		if total != respHeaderSize || r.length != 0 || r.hasLoc {
 			return readResp{}, wireErr("read response: miss with a page")
 		}
 	default:

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // errConnLost marks calls failed because their connection broke.
@@ -31,7 +33,11 @@ type peer struct {
 	lastErr error
 	retryAt time.Time
 	backoff time.Duration
+
+	duration prometheus.Observer // request_duration_seconds{peer=addr}
 }
+
+func (p *peer) observeDuration(sec float64) { p.duration.Observe(sec) }
 
 func (t *Transport) peer(addr string) (*peer, error) {
 	t.mu.Lock()
@@ -41,7 +47,7 @@ func (t *Transport) peer(addr string) (*peer, error) {
 	}
 	p := t.peers[addr]
 	if p == nil {
-		p = &peer{t: t, addr: addr}
+		p = &peer{t: t, addr: addr, duration: t.m.duration.WithLabelValues(addr)}
 		t.peers[addr] = p
 	}
 	return p, nil
@@ -121,9 +127,14 @@ func (p *peer) close() {
 // call is one outstanding request.
 type call struct {
 	into []byte
-	resp []byte
-	err  error
-	done chan struct{} // receives once when resp/err are set
+	// split: a CallIntoSplit call (payload scattered over into and body,
+	// unchecked responses accepted); n is then the payload length.
+	split bool
+	body  []byte
+	n     int
+	resp  []byte
+	err   error
+	done  chan struct{} // receives once when resp/err are set
 }
 
 // clientConn is one outgoing, authenticated RPC connection.
@@ -203,35 +214,42 @@ func (t *Transport) getCall() *call {
 }
 
 func (t *Transport) putCall(c *call) {
-	c.into, c.resp, c.err = nil, nil, nil
+	c.into, c.body, c.resp, c.err = nil, nil, nil, nil
+	c.split, c.n = false, 0
 	t.calls.Put(c)
 }
 
 // roundTrip sends one request and waits for its response.
 func (cc *clientConn) roundTrip(ctx context.Context, op uint16, req, into []byte) ([]byte, error) {
+	resp, _, err := cc.roundTrip2(ctx, op, req, into, nil, false)
+	return resp, err
+}
+
+// roundTrip2 is roundTrip, for a split call (see CallIntoSplit) too.
+func (cc *clientConn) roundTrip2(ctx context.Context, op uint16, req, into, body []byte, split bool) ([]byte, int, error) {
 	select {
 	case cc.sem <- struct{}{}:
 	default:
 		select {
 		case cc.sem <- struct{}{}:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, 0, ctx.Err()
 		case <-cc.dead:
-			return nil, cc.deadErr()
+			return nil, 0, cc.deadErr()
 		}
 	}
 	defer func() { <-cc.sem }()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	c := cc.t.getCall()
-	c.into = into
+	c.into, c.body, c.split = into, body, split
 	cc.mu.Lock()
 	if cc.err != nil {
 		err := cc.err
 		cc.mu.Unlock()
 		cc.t.putCall(c)
-		return nil, err
+		return nil, 0, err
 	}
 	cc.nextID++
 	id := cc.nextID
@@ -239,6 +257,9 @@ func (cc *clientConn) roundTrip(ctx context.Context, op uint16, req, into []byte
 	cc.mu.Unlock()
 
 	h := header{op: op, id: id, flags: flagRequest}
+	if split {
+		h.flags |= flagUnchecked
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		h.deadline = dl.UnixNano()
 	}
@@ -256,20 +277,20 @@ func (cc *clientConn) roundTrip(ctx context.Context, op uint16, req, into []byte
 			cc.t.putCall(c)
 			cc.t.wg.Add(1)
 			go cc.sendCancel(op, id)
-			return nil, ctx.Err()
+			return nil, 0, ctx.Err()
 		}
 		// The reader already owns c (and may be writing into into):
 		// its answer is imminent.
 		<-c.done
 	}
-	resp, err := c.resp, c.err
+	resp, n, err := c.resp, c.n, c.err
 	cc.t.putCall(c)
 	if err != nil && ctx.Err() != nil {
 		// The handler most likely failed because our deadline, which it
 		// shares, passed: report that, as the contract of ctx says.
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	}
-	return resp, err
+	return resp, n, err
 }
 
 func (cc *clientConn) deadErr() error {
@@ -315,23 +336,50 @@ func (cc *clientConn) readLoop() {
 			}
 			continue
 		}
-		var dst []byte
-		switch {
-		case h.flags&flagError != 0 || cap(c.into) < int(h.length):
-			dst = make([]byte, h.length)
-		default:
-			dst = c.into[:h.length]
+		if h.flags&flagUnchecked != 0 && !c.split {
+			err := badFrame("unexpected", "unchecked response to a checked request")
+			c.err = fmt.Errorf("connection to %s (%s): %w: %w", cc.p.addr, cc.peerID, errConnLost, err)
+			c.done <- struct{}{}
+			cc.t.m.frameErrors.WithLabelValues("unexpected").Inc()
+			cc.t.logs.warn(cc.t.log, "dropping connection", "peer", cc.peerID, "addr", cc.p.addr, "reason", err)
+			cc.fail(err)
+			return
 		}
-		if err := cc.fr.readPayload(dst); err != nil {
+		var head, body []byte
+		switch {
+		case h.flags&flagError != 0:
+			head = make([]byte, h.length)
+		case c.split:
+			if int(h.length) > len(c.into)+len(c.body) {
+				// Too long for the caller's buffers: skip it (checked or
+				// not, its bytes go nowhere) and fail the call.
+				if err := cc.fr.discardPayload(h.length); err != nil {
+					c.err = fmt.Errorf("connection to %s (%s): %w: %w", cc.p.addr, cc.peerID, errConnLost, err)
+					c.done <- struct{}{}
+					cc.fail(err)
+					return
+				}
+				c.err = fmt.Errorf("response of %d bytes exceeds the %d-byte buffer", h.length, len(c.into)+len(c.body))
+				c.done <- struct{}{}
+				continue
+			}
+			head = c.into[:min(int(h.length), len(c.into))]
+			body = c.body[:int(h.length)-len(head)]
+		case cap(c.into) < int(h.length):
+			head = make([]byte, h.length)
+		default:
+			head = c.into[:h.length]
+		}
+		if err := cc.fr.readPayload2(head, body); err != nil {
 			c.err = fmt.Errorf("connection to %s (%s): %w: %w", cc.p.addr, cc.peerID, errConnLost, err)
 			c.done <- struct{}{}
 			cc.fail(err)
 			return
 		}
 		if h.flags&flagError != 0 {
-			c.err = decodeRemoteError(dst)
+			c.err = decodeRemoteError(head)
 		} else {
-			c.resp = dst
+			c.resp, c.n = head, int(h.length)
 		}
 		c.done <- struct{}{}
 	}

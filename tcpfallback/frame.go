@@ -22,6 +22,13 @@ const (
 	flagResponse = 1 << 1
 	flagError    = 1 << 2
 	flagCancel   = 1 << 3
+	// flagUnchecked on a request: the caller verifies the response
+	// payload end to end itself (it carries its own checksum), so the
+	// response may omit the frame CRC over its payload. On a response
+	// (only with flagResponse, never with flagError): the trailer is the
+	// CRC of the header alone. Requests, cancels and error responses are
+	// always checked in full.
+	flagUnchecked = 1 << 4
 
 	// smallFrame is the largest payload copied next to its header into
 	// one write; larger payloads go out with writev, uncopied.
@@ -94,7 +101,7 @@ func decodeHeader(b []byte, maxFrame int) (header, error) {
 		return header{}, badFrame("reserved", "reserved bytes set")
 	}
 	switch h.flags {
-	case flagRequest, flagResponse, flagResponse | flagError:
+	case flagRequest, flagRequest | flagUnchecked, flagResponse, flagResponse | flagUnchecked, flagResponse | flagError:
 	case flagCancel:
 		if h.length != 0 {
 			return header{}, badFrame("flags", "cancel frame with payload")
@@ -115,9 +122,12 @@ type frameReader struct {
 	timeout  time.Duration
 	armed    bool
 	hdr      [headerSize]byte
+	trailer  [trailerSize]byte
 	crc      uint32
-	scratch  []byte
-	table    *crc32.Table
+	// unchecked: the current frame's trailer covers the header only.
+	unchecked bool
+	scratch   []byte
+	table     *crc32.Table
 }
 
 func newFrameReader(conn net.Conn, r io.Reader, maxFrame int, timeout time.Duration, table *crc32.Table) *frameReader {
@@ -160,16 +170,31 @@ func (r *frameReader) readHeader() (header, error) {
 		r.arm(h.length)
 	}
 	r.crc = crc32.Update(0, r.table, r.hdr[:])
+	r.unchecked = h.flags == flagResponse|flagUnchecked
 	return h, nil
 }
 
 // readPayload reads h's payload into dst (len(dst) == h.length) and checks
-// the CRC.
+// the CRC (of the header alone for an unchecked response, whose receiver
+// verifies the payload itself).
 func (r *frameReader) readPayload(dst []byte) error {
-	if _, err := io.ReadFull(r.br, dst); err != nil {
-		return midFrame(err)
+	return r.readPayload2(dst, nil)
+}
+
+// readPayload2 is readPayload scattering the payload over head then body
+// (len(head)+len(body) == h.length).
+func (r *frameReader) readPayload2(head, body []byte) error {
+	for _, b := range [2][]byte{head, body} {
+		if len(b) == 0 {
+			continue
+		}
+		if _, err := io.ReadFull(r.br, b); err != nil {
+			return midFrame(err)
+		}
+		if !r.unchecked {
+			r.crc = crc32.Update(r.crc, r.table, b)
+		}
 	}
-	r.crc = crc32.Update(r.crc, r.table, dst)
 	return r.readTrailer()
 }
 
@@ -184,7 +209,9 @@ func (r *frameReader) discardPayload(n uint32) error {
 		if len(b) > chunk {
 			b = b[:chunk]
 		}
-		r.crc = crc32.Update(r.crc, r.table, b)
+		if !r.unchecked {
+			r.crc = crc32.Update(r.crc, r.table, b)
+		}
 		_, _ = r.br.Discard(len(b))
 		n -= uint32(len(b))
 	}
@@ -192,12 +219,13 @@ func (r *frameReader) discardPayload(n uint32) error {
 }
 
 func (r *frameReader) readTrailer() error {
-	var t [trailerSize]byte
-	if _, err := io.ReadFull(r.br, t[:]); err != nil {
+	// r.trailer, not a local array: a local escapes through io.ReadFull
+	// and would cost an allocation per frame.
+	if _, err := io.ReadFull(r.br, r.trailer[:]); err != nil {
 		return midFrame(err)
 	}
 	r.disarm()
-	if got := binary.LittleEndian.Uint32(t[:]); got != r.crc {
+	if got := binary.LittleEndian.Uint32(r.trailer[:]); got != r.crc {
 		return badFrame("crc", "crc 0x%08x, computed 0x%08x", got, r.crc)
 	}
 	return nil
@@ -228,6 +256,7 @@ type frameWriter struct {
 	buf      []byte
 	trailer  [trailerSize]byte
 	bufs     net.Buffers
+	sending  net.Buffers
 }
 
 func newFrameWriter(conn net.Conn, timeout time.Duration, table *crc32.Table) *frameWriter {
@@ -260,7 +289,11 @@ func (w *frameWriter) write(h header, payload ...[]byte) error {
 		for _, p := range payload {
 			off += copy(b[off:], p)
 		}
-		binary.LittleEndian.PutUint32(b[off:], crc32.Checksum(b[:off], w.table))
+		covered := b[:off]
+		if h.flags == flagResponse|flagUnchecked {
+			covered = b[:headerSize]
+		}
+		binary.LittleEndian.PutUint32(b[off:], crc32.Checksum(covered, w.table))
 		_, err = w.conn.Write(b)
 	} else {
 		hdr := w.buf[:headerSize]
@@ -268,13 +301,19 @@ func (w *frameWriter) write(h header, payload ...[]byte) error {
 		crc := crc32.Update(0, w.table, hdr)
 		w.bufs = append(w.bufs[:0], hdr)
 		for _, p := range payload {
-			crc = crc32.Update(crc, w.table, p)
+			if h.flags != flagResponse|flagUnchecked {
+				crc = crc32.Update(crc, w.table, p)
+			}
 			w.bufs = append(w.bufs, p)
 		}
 		binary.LittleEndian.PutUint32(w.trailer[:], crc)
 		w.bufs = append(w.bufs, w.trailer[:])
-		bufs := w.bufs
-		_, err = bufs.WriteTo(w.conn)
+		// WriteTo consumes its receiver: write from w.sending, a field
+		// (a local copy would escape to the heap, an allocation per
+		// frame), and keep w.bufs to clear below.
+		w.sending = w.bufs
+		_, err = w.sending.WriteTo(w.conn)
+		w.sending = nil
 		clear(w.bufs) // do not pin the caller's payload
 	}
 	if err != nil {

@@ -38,6 +38,18 @@ func encodeFrame(h header, payload []byte) []byte {
 	return b
 }
 
+// encodeUncheckedFrame builds a frame whose trailer covers the header
+// only (as an unchecked response does).
+func encodeUncheckedFrame(h header, payload []byte) []byte {
+	h.length = uint32(len(payload))
+	b := make([]byte, headerSize+len(payload)+trailerSize)
+	h.encode(b)
+	copy(b[headerSize:], payload)
+	crc := crc32.Checksum(b[:headerSize], crc32.MakeTable(crc32.Castagnoli))
+	binary.LittleEndian.PutUint32(b[headerSize+len(payload):], crc)
+	return b
+}
+
 // expectClosedSilently reads until EOF and fails if any byte arrives.
 func expectClosedSilently(t *testing.T, c net.Conn, allowed int) {
 	t.Helper()
@@ -292,6 +304,12 @@ func TestMalformedFrames(t *testing.T) {
 	badMagic[4] = 0
 	badFlags := encodeFrame(header{op: opEcho, id: 1, flags: 0x40}, nil)
 	response := encodeFrame(header{op: opEcho, id: 1, flags: flagResponse}, nil)
+	uncheckedResponse := encodeUncheckedFrame(header{op: opEcho, id: 1, flags: flagResponse | flagUnchecked}, []byte("page"))
+	// A request asking for an unchecked response is itself checked in
+	// full: a trailer over the header alone is a bad CRC.
+	uncheckedRequest := encodeUncheckedFrame(header{op: opEcho, id: 1, flags: flagRequest | flagUnchecked}, []byte("payload"))
+	uncheckedError := encodeFrame(header{op: opEcho, id: 1, flags: flagResponse | flagError | flagUnchecked}, []byte("\x00\x00\x00\x00no"))
+	uncheckedCancel := encodeFrame(header{op: opEcho, id: 1, flags: flagCancel | flagUnchecked}, nil)
 	random := make([]byte, 4096)
 	_, _ = rand.Read(random)
 
@@ -313,6 +331,10 @@ func TestMalformedFrames(t *testing.T) {
 		{name: "bad magic", auth: true, input: badMagic, reason: "magic"},
 		{name: "bad flags", auth: true, input: badFlags, reason: "flags"},
 		{name: "response from client", auth: true, input: response, reason: "unexpected"},
+		{name: "unchecked response from client", auth: true, input: uncheckedResponse, reason: "unexpected"},
+		{name: "unchecked request without payload crc", auth: true, input: uncheckedRequest, reason: "crc"},
+		{name: "unchecked error response", auth: true, input: uncheckedError, reason: "flags"},
+		{name: "unchecked cancel", auth: true, input: uncheckedCancel, reason: "flags"},
 		{name: "random bytes", auth: true, input: random},
 		{name: "random bytes before auth", input: random},
 		{name: "slowloris after auth", auth: true, input: valid, slow: true, reason: "timeout"},

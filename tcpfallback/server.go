@@ -145,6 +145,9 @@ type serverConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	sem    chan struct{}
+	// scratch is the response buffer of inline handlers (reader
+	// goroutine only).
+	scratch []byte
 
 	mu     sync.Mutex
 	active map[uint64]context.CancelFunc
@@ -172,17 +175,39 @@ func (sc *serverConn) serve() error {
 			if cancel != nil {
 				cancel()
 			}
-		case flagRequest:
+		case flagRequest, flagRequest | flagUnchecked:
+			e := (*sc.t.handlers.Load())[h.op]
+			var buf *[]byte
+			if e.fast != nil {
+				buf = sc.t.bufs.get(int(h.length))
+				if err := sc.fr.readPayload(*buf); err != nil {
+					sc.t.bufs.put(buf)
+					return err
+				}
+				done, err := sc.inline(h, e, *buf)
+				if done || err != nil {
+					sc.t.bufs.put(buf)
+					if err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			select {
 			case sc.sem <- struct{}{}:
 			case <-sc.ctx.Done():
+				if buf != nil {
+					sc.t.bufs.put(buf)
+				}
 				return nil
 			}
-			buf := sc.t.bufs.get(int(h.length))
-			if err := sc.fr.readPayload(*buf); err != nil {
-				sc.t.bufs.put(buf)
-				<-sc.sem
-				return err
+			if buf == nil {
+				buf = sc.t.bufs.get(int(h.length))
+				if err := sc.fr.readPayload(*buf); err != nil {
+					sc.t.bufs.put(buf)
+					<-sc.sem
+					return err
+				}
 			}
 			var ctx context.Context
 			var cancel context.CancelFunc
@@ -204,20 +229,45 @@ func (sc *serverConn) serve() error {
 				return badFrame("duplicate", "request id %d already in flight", h.id)
 			}
 			sc.t.handlerWG.Add(1)
-			go sc.handle(ctx, cancel, h, buf)
+			go sc.handle(ctx, cancel, h, e.h, buf)
 		default:
 			return badFrame("unexpected", "flags 0x%02x from a client", h.flags)
 		}
 	}
 }
 
-func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, h header, buf *[]byte) {
+// inline runs op's fast handler on the reader goroutine and sends its
+// response; done false means the fast path declined (the payload is
+// still the caller's). An error is a write failure: the connection is
+// finished.
+func (sc *serverConn) inline(h header, e handlerEntry, req []byte) (done bool, err error) {
+	sc.mu.Lock()
+	_, dup := sc.active[h.id]
+	sc.mu.Unlock()
+	if dup {
+		return false, badFrame("duplicate", "request id %d already in flight", h.id)
+	}
+	if cap(sc.scratch) < e.scratch {
+		sc.scratch = make([]byte, e.scratch)
+	}
+	resp, ok, herr := sc.t.invokeInline(e.fast, sc.peer, h.op, req, sc.scratch[:cap(sc.scratch)])
+	if !ok {
+		return false, nil
+	}
+	if err := sc.respond(h, resp, herr); err != nil {
+		sc.conn.Close()
+		return true, err
+	}
+	return true, nil
+}
+
+func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, h header, hf Handler, buf *[]byte) {
 	defer sc.t.handlerWG.Done()
 	defer func() { <-sc.sem }()
 	defer cancel()
 	var resp []byte
 	var err error
-	if hf := (*sc.t.handlers.Load())[h.op]; hf == nil {
+	if hf == nil {
 		err = fmt.Errorf("unknown op 0x%04x", h.op)
 	} else {
 		resp, err = sc.t.invoke(hf, ctx, sc.peer, h.op, *buf)
@@ -230,6 +280,17 @@ func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, h h
 	if !live {
 		return // cancelled by the caller: nobody waits for the answer
 	}
+	if err := sc.respond(h, resp, err); err != nil {
+		// The reader notices the broken connection too; closing it makes
+		// sure a half-written frame is never followed by another.
+		sc.conn.Close()
+	}
+}
+
+// respond sends the response to request h: resp, or err as an error
+// response. A request that asked for it (flagUnchecked) gets its payload
+// without the frame CRC; error responses are always checked in full.
+func (sc *serverConn) respond(h header, resp []byte, err error) error {
 	if err == nil && len(resp) > sc.t.cfg.MaxFrame {
 		err = fmt.Errorf("response of %d bytes exceeds MaxFrame %d", len(resp), sc.t.cfg.MaxFrame)
 	}
@@ -245,15 +306,12 @@ func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, h h
 		if len(msg) > maxErrorMessage {
 			msg = msg[:maxErrorMessage]
 		}
-		err = sc.fw.write(out, eb[:], []byte(msg))
-	} else {
-		err = sc.fw.write(out, resp)
+		return sc.fw.write(out, eb[:], []byte(msg))
 	}
-	if err != nil {
-		// The reader notices the broken connection too; closing it makes
-		// sure a half-written frame is never followed by another.
-		sc.conn.Close()
+	if h.flags&flagUnchecked != 0 {
+		out.flags |= flagUnchecked
 	}
+	return sc.fw.write(out, resp)
 }
 
 // decodeRemoteError decodes an error response payload.

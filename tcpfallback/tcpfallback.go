@@ -62,7 +62,14 @@
 //
 // Flags: 0x01 request, 0x02 response, 0x06 error response (payload: errno
 // u32 then the message), 0x08 cancel (no payload; the request id names the
-// request to cancel). The header is validated before anything is
+// request to cancel), 0x10 unchecked: on a request (0x11, itself checked
+// in full) it says the caller verifies the response payload end to end
+// (CallIntoSplit: the payload carries its own checksum, e.g. a page's
+// CRC-32C), and the server then answers 0x12, whose CRC trailer covers the
+// header alone. 0x10 is valid only in 0x11 and 0x12: never on cancels or
+// error responses, a 0x12 from a client drops the connection, and so does
+// a 0x12 answering a request that did not ask for it; an unchecked payload
+// is bounded like any other (MaxFrame, and the caller's buffers). The header is validated before anything is
 // allocated for the payload: a bad magic, an inconsistent length, a
 // payload over MaxFrame, unknown flags, set reserved bytes, a bad CRC, or a
 // frame that does not complete within DialTimeout (plus 1 s per MiB of
@@ -80,7 +87,11 @@
 // wait, honouring their ctx. The server reads requests on one goroutine
 // per connection and runs each handler on its own goroutine, at most
 // MaxInFlight per connection; when all are busy it stops reading, and TCP
-// flow control pushes back on the client.
+// flow control pushes back on the client. An op registered with
+// HandleInline first tries its non-blocking fast path on the reader
+// goroutine itself, building the response in a per-connection buffer: no
+// goroutine hand-off and no allocation for, say, a page served from
+// memory; what the fast path declines goes to the op's Handler as above.
 //
 // # Deadlines and cancellation
 //
@@ -206,12 +217,14 @@ type Transport struct {
 	logs  logLimiter
 	bufs  bufPool
 	calls sync.Pool // *call
+	// okCounters caches requests{op, outcome="ok"} by op (uint16).
+	okCounters sync.Map
 
 	ln   net.Listener
 	addr string
 
 	handlersMu sync.Mutex
-	handlers   atomic.Pointer[map[uint16]Handler]
+	handlers   atomic.Pointer[map[uint16]handlerEntry]
 
 	closed     atomic.Bool
 	base       context.Context // cancelled by Close: parent of handler ctxs
@@ -268,7 +281,7 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 		handshakes: make(chan struct{}, maxPendingHandshakes),
 	}
 	t.base, t.stop = context.WithCancel(context.Background())
-	t.handlers.Store(&map[uint16]Handler{})
+	t.handlers.Store(&map[uint16]handlerEntry{})
 	if cfg.Listen != "" {
 		var lc net.ListenConfig
 		ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
@@ -294,7 +307,39 @@ func (t *Transport) Addr() string { return t.addr }
 // Handle registers the handler for op. Registering an op twice panics
 // (a programming error).
 func (t *Transport) Handle(op uint16, h Handler) {
-	if h == nil {
+	t.register(op, handlerEntry{h: h})
+}
+
+// InlineHandler is the fast path of an op registered with HandleInline. It
+// runs on the connection's reader goroutine, so it must not block (no I/O,
+// no waiting): a memory lookup and a copy. dst is a buffer the transport
+// owns, of at least the scratch size given to HandleInline; the response
+// may be built in it (the transport sends it before it reads the next
+// frame) or be any other slice the handler does not modify afterwards.
+// ok false hands the request to the op's Handler on its own goroutine, as
+// for an op registered with Handle.
+type InlineHandler = func(peer string, req, dst []byte) (resp []byte, ok bool)
+
+// HandleInline registers op with a fast path run inline on the reader
+// goroutine (no goroutine hand-off, no allocation for the response) and a
+// Handler for the requests the fast path declines. Registering an op
+// twice panics.
+func (t *Transport) HandleInline(op uint16, scratch int, fast InlineHandler, h Handler) {
+	if fast == nil || scratch < 0 || scratch > t.cfg.MaxFrame {
+		panic(fmt.Sprintf("tcpfallback: bad inline handler for op 0x%04x (scratch %d)", op, scratch))
+	}
+	t.register(op, handlerEntry{h: h, fast: fast, scratch: scratch})
+}
+
+// handlerEntry is what serves one op.
+type handlerEntry struct {
+	h       Handler
+	fast    InlineHandler
+	scratch int
+}
+
+func (t *Transport) register(op uint16, e handlerEntry) {
+	if e.h == nil {
 		panic(fmt.Sprintf("tcpfallback: nil handler for op 0x%04x", op))
 	}
 	t.handlersMu.Lock()
@@ -303,11 +348,11 @@ func (t *Transport) Handle(op uint16, h Handler) {
 	if _, ok := old[op]; ok {
 		panic(fmt.Sprintf("tcpfallback: op 0x%04x registered twice", op))
 	}
-	next := make(map[uint16]Handler, len(old)+1)
+	next := make(map[uint16]handlerEntry, len(old)+1)
 	for k, v := range old {
 		next[k] = v
 	}
-	next[op] = h
+	next[op] = e
 	t.handlers.Store(&next)
 }
 
@@ -324,27 +369,58 @@ func (t *Transport) Call(ctx context.Context, addr string, op uint16, req []byte
 // resp[:n]; otherwise into a new slice. The transport may write into resp
 // until CallInto returns, never after.
 func (t *Transport) CallInto(ctx context.Context, addr string, op uint16, req, resp []byte) ([]byte, error) {
+	out, _, err := t.call(ctx, addr, op, req, resp, nil, false)
+	return out, err
+}
+
+func (t *Transport) call(ctx context.Context, addr string, op uint16, req, into, body []byte, split bool) ([]byte, int, error) {
 	if t.closed.Load() {
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	if len(req) > t.cfg.MaxFrame {
-		return nil, fmt.Errorf("call op 0x%04x to %s: request of %d bytes exceeds MaxFrame %d", op, addr, len(req), t.cfg.MaxFrame)
+		return nil, 0, fmt.Errorf("call op 0x%04x to %s: request of %d bytes exceeds MaxFrame %d", op, addr, len(req), t.cfg.MaxFrame)
 	}
 	start := time.Now()
 	p, err := t.peer(addr)
 	var out []byte
+	var n int
 	if err == nil {
 		var cc *clientConn
 		if cc, err = p.get(ctx); err == nil {
-			out, err = cc.roundTrip(ctx, op, req, resp)
+			out, n, err = cc.roundTrip2(ctx, op, req, into, body, split)
 		}
 	}
-	t.m.requests.WithLabelValues(opLabel(op), outcome(err)).Inc()
 	if err != nil {
-		return nil, fmt.Errorf("call op 0x%04x to %s: %w", op, addr, err)
+		t.m.requests.WithLabelValues(opLabel(op), outcome(err)).Inc()
+		return nil, 0, fmt.Errorf("call op 0x%04x to %s: %w", op, addr, err)
 	}
-	t.m.duration.WithLabelValues(addr).Observe(time.Since(start).Seconds())
-	return out, nil
+	t.okCounter(op).Inc()
+	p.observeDuration(time.Since(start).Seconds())
+	return out, n, nil
+}
+
+// CallIntoSplit is CallInto for a response that carries its own
+// end-to-end checksum, which the caller verifies: the peer sends the
+// payload without the frame CRC (the trailer still covers the header), and
+// the payload is read straight from the socket into head (its first
+// len(head) bytes) and then body, never elsewhere. It returns the payload
+// length n: the payload is head[:min(n, len(head))] followed by
+// body[:n-len(head)]. A payload longer than len(head)+len(body) fails the
+// call. Error responses are checked in full, as for CallInto. The
+// transport may write into head and body until CallIntoSplit returns,
+// never after.
+func (t *Transport) CallIntoSplit(ctx context.Context, addr string, op uint16, req, head, body []byte) (int, error) {
+	_, n, err := t.call(ctx, addr, op, req, head, body, true)
+	return n, err
+}
+
+// okCounter returns requests{op, outcome="ok"}, resolved once per op.
+func (t *Transport) okCounter(op uint16) prometheus.Counter {
+	if c, ok := t.okCounters.Load(op); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := t.okCounters.LoadOrStore(op, t.m.requests.WithLabelValues(opLabel(op), "ok"))
+	return c.(prometheus.Counter)
 }
 
 func opLabel(op uint16) string { return fmt.Sprintf("0x%04x", op) }
@@ -486,4 +562,16 @@ func (t *Transport) invoke(h Handler, ctx context.Context, peer string, op uint1
 		}
 	}()
 	return h(ctx, peer, req)
+}
+
+// invokeInline runs a fast handler, turning a panic into an error.
+func (t *Transport) invokeInline(h InlineHandler, peer string, op uint16, req, dst []byte) (resp []byte, ok bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error("inline handler panic", "op", opLabel(op), "peer", peer, "panic", r, "stack", string(debug.Stack()))
+			resp, ok, err = nil, true, fmt.Errorf("handler for op 0x%04x panicked: %v", op, r)
+		}
+	}()
+	resp, ok = h(peer, req, dst)
+	return resp, ok, nil
 }
