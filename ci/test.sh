@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CI test job: gofmt, go vet, go test (FUSE tests need root), the FUSE
-# suites again on an S3 store (a versitygw each test starts itself), then a
-# short run of every fuzz target in the repository. Every step runs even if
+# suites again on an S3 store (a versitygw each test starts itself), the
+# RDMA tests in a soft-RoCE qemu guest (ci/rxe-run.sh), then a short run of
+# every fuzz target in the repository. Every step runs even if
 # an earlier one failed; the last line summarizes, and the exit status is
 # non-zero if any step failed. Logs go to ci/out/.
 set -uo pipefail
@@ -56,6 +57,17 @@ DATENLORD_TEST_STORE=s3 "$GO" test -count=1 -timeout "$TEST_TIMEOUT" -json $S3_P
 status=("${PIPESTATUS[@]}")
 echo "== FUSE suites on S3 took $(($(date +%s) - s3start))s"
 if [ "${status[0]}" -ne 0 ] || [ "${status[2]}" -ne 0 ]; then step 1 "test(s3)"; else step 0 "test(s3)"; fi
+
+# RDMA for real: rdma/ and the two-node RDMA READ test on soft-RoCE in a
+# qemu guest (TCG), with ib_read_lat as the latency baseline; about 20 s
+# with the kernel cached in ci/out/rxe-cache. The host runs above skip
+# them (no rdma_rxe in this kernel; ci/allowed-skips.txt says so).
+echo "== RDMA tests in the soft-RoCE guest: ci/rxe-run.sh  (console: ci/out/rxe/console.log)"
+rxestart=$(date +%s)
+./ci/rxe-run.sh 2>&1 | tee ci/out/rxe.log | grep -E '^(--- |    --- |RDMA-LAT|IB-READ-LAT|  ratio|\[rxe)|FAIL|panic'
+rxestatus=${PIPESTATUS[0]}
+echo "== RDMA guest took $(($(date +%s) - rxestart))s (exit $rxestatus)"
+step "$rxestatus" "rdma(rxe guest)"
 
 # Fuzz targets: every "func FuzzX(" in a _test.go file, run for $FUZZTIME each.
 nfuzz=0

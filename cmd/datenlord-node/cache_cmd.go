@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,7 +44,7 @@ func neighborTransportName(kind string) (string, error) {
 	case "auto", "tcp", "":
 		return "tcp", nil
 	case "rdma":
-		return "", errors.New("--transport rdma: RDMA is not available in this build yet; use --transport tcp (or auto)")
+		return "rdma", nil
 	}
 	return "", fmt.Errorf("--transport %q: want auto, tcp or rdma", kind)
 }
@@ -126,22 +125,42 @@ func (m *metaMembership) Close() { close(m.stop); <-m.done }
 // startNeighbor creates the neighbor cache tier of a clustered node over
 // its node transport, with the metadata cluster's members as cache nodes.
 // The tier must be given to cache.New and then served (serveNeighbor).
-func startNeighbor(tr *tcpfallback.Transport, md clusterStatuser, nodeID, transportKind string, pageSize, blockSize int, reg prometheus.Registerer, logger *slog.Logger) (*cache.NeighborTier, func(), error) {
+// With RDMA (--transport auto on a node with a device, or rdma) the tier
+// reads pages one-sidedly (rdmaslot); serveArena then serves this node's
+// arena to peers, and stop releases the RDMA resources too.
+func startNeighbor(tr *tcpfallback.Transport, md clusterStatuser, nodeID, transportKind string, pageSize, blockSize int, reg prometheus.Registerer, logger *slog.Logger) (nb *cache.NeighborTier, stop func(), serveArena func(*cache.Cache), err error) {
 	name, err := neighborTransportName(transportKind)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	rd, err := openNeighborRDMA(tr, transportKind, pageSize, logger)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var ntr cache.NeighborTransport = tr
+	if rd != nil {
+		ntr, name = rd.slots, "rdma"
+	} else {
+		name = "tcp"
 	}
 	members := newMetaMembership(md, cache.Node{ID: nodeID, Addr: tr.Addr()}, 2*time.Second, logger)
-	nb, err := cache.NewNeighborTier(cache.NeighborConfig{
-		Self: nodeID, Membership: members, Transport: tr, TransportName: name,
+	nb, err = cache.NewNeighborTier(cache.NeighborConfig{
+		Self: nodeID, Membership: members, Transport: ntr, TransportName: name,
 		PageSize: pageSize, BlockSize: blockSize, Registerer: reg, Logger: logger,
 	})
 	if err != nil {
 		members.Close()
-		return nil, nil, fmt.Errorf("create the neighbor cache tier: %w", err)
+		rd.close()
+		return nil, nil, nil, fmt.Errorf("create the neighbor cache tier: %w", err)
 	}
 	logger.Info("neighbor cache tier on", "transport", name)
-	return nb, members.Close, nil
+	stop = func() {
+		members.Close()
+		if err := rd.close(); err != nil {
+			logger.Warn("release RDMA resources", "err", err)
+		}
+	}
+	return nb, stop, rd.serve, nil
 }
 
 // serveNeighbor answers peers' page requests from c and registers the

@@ -245,10 +245,11 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 	// memory one page cache, behind the local tiers.
 	var neighbor []cache.Tier
 	var nb *cache.NeighborTier
+	serveArena := func(*cache.Cache) {} // RDMA: peers READ this node's arena
 	nodeTr, clustered := tr.(*tcpfallback.Transport)
 	if clustered {
 		var stopMembers func()
-		nb, stopMembers, err = startNeighbor(nodeTr, md, cfg.Cluster.NodeID, cfg.Transport, int(cfg.PageSize), int(cfg.BlockSize), reg, logger.With("component", "cache"))
+		nb, stopMembers, serveArena, err = startNeighbor(nodeTr, md, cfg.Cluster.NodeID, cfg.Transport, int(cfg.PageSize), int(cfg.BlockSize), reg, logger.With("component", "cache"))
 		if err != nil {
 			return err
 		}
@@ -266,6 +267,7 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		if err := serveNeighbor(nodeTr, nb, c, md); err != nil {
 			return err
 		}
+		serveArena(c)
 	}
 
 	fsys, err := fs.Mount(ctx, fs.Config{
