@@ -18,10 +18,12 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 MOUNT    ?= $(or $(DATENLORD_MOUNT),/mnt/datenlord)
 DATA_DIR ?= $(or $(DATENLORD_DATA_DIR),/var/lib/datenlord)
 ARGS     ?=
-# make bench: extra go test flags, e.g. BENCHFLAGS='-benchtime 1x'.
+# make bench: extra go test flags, e.g. BENCHFLAGS='-benchtime 1x', and
+# extra bench tiers flags, e.g. TIERSFLAGS='--duration 1s'.
 BENCHFLAGS ?=
+TIERSFLAGS ?=
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run test test-rdma bench clean
 
 deps:
 	@echo "==> deps: installing missing system packages (fuse3, util-linux, gcc, ca-certificates), checking /dev/fuse, downloading Go modules, installing versitygw"
@@ -39,12 +41,18 @@ run: deps build
 	./$(BIN) serve --mount $(MOUNT) --data-dir $(DATA_DIR) $(ARGS)
 
 test: deps
-	@echo "==> test: gofmt, go vet, go test ./... (FUSE tests need root), the FUSE suites again on S3 (versitygw), short fuzz runs"
+	@echo "==> test: gofmt, go vet, go test ./... (FUSE tests need root), the FUSE suites again on S3 (versitygw), RDMA tests in a soft-RoCE qemu guest, short fuzz runs"
 	@./ci/test.sh
 
-bench: deps
-	@echo "==> bench: go test -bench ./bench/... -> bench/results/"
+test-rdma:
+	@echo "==> test-rdma: rdma/ and the two-node RDMA READ test on soft-RoCE (rdma_rxe) in a qemu guest, with ib_read_lat as the baseline (ci/rxe-run.sh)"
+	@./ci/rxe-run.sh
+
+bench: deps build
+	@echo "==> bench: bench tiers --local (tiers.json, tiers.svg), bench cache (cache.json), go test -bench ./bench/... -> bench/results/"
 	@mkdir -p bench/results
+	./$(BIN) bench tiers --local --json bench/results/tiers.json --plot bench/results/tiers.svg $(TIERSFLAGS) 2>&1 | tee bench/results/tiers.txt
+	./$(BIN) bench cache --json bench/results/cache.json 2>&1 | tee bench/results/cache.txt
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) ./bench/... 2>&1 | tee bench/results/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt
 
 clean:

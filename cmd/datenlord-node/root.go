@@ -49,7 +49,7 @@ command line wins over the environment, which wins over the default.`,
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetOut(s.Stdout)
 	root.SetErr(s.Stderr)
-	root.AddCommand(newServeCmd(s), newClusterCmd(s), newCacheCmd(s), newVersionCmd())
+	root.AddCommand(newServeCmd(s), newClusterCmd(s), newCacheCmd(s), newBenchCmd(s), newVersionCmd())
 	// Every command's help shows examples; cobra's shell completion
 	// generator (five commands without any) is left out.
 	root.CompletionOptions.DisableDefaultCmd = true
