@@ -1,13 +1,12 @@
 package clustertest
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/datenlord/datenlord-go/internal/mountinfo"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,43 +54,13 @@ func LazyUnmount(dir string, timeout time.Duration) error {
 
 // mountPoints lists the mount points of this process's mount namespace.
 func mountPoints() ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	var mounts []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 5 {
-			mounts = append(mounts, unescapeMountinfo(fields[4]))
-		}
+	points := make([]string, len(mounts))
+	for i, m := range mounts {
+		points[i] = m.Point
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	return mounts, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) that the
-// kernel writes for special characters in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return points, nil
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/datenlord/datenlord-go/internal/mountinfo"
 )
 
 // The end-to-end tests build the binary once and run it as a real process
@@ -204,7 +206,7 @@ func isMounted(dir string) bool {
 	if err != nil {
 		real = dir // a dead FUSE mount cannot be resolved; dir is absolute already
 	}
-	mounted, _, err := isMountpoint(real)
+	mounted, _, err := mountinfo.Lookup(real)
 	return err == nil && mounted
 }
 
