@@ -415,7 +415,7 @@ func TestPutBlockAndDropBlock(t *testing.T) {
 		t.Fatalf("cached bytes after DropBlock = %d", got)
 	}
 	c.memory.mu.Lock()
-	_, chained := c.memory.blockHead[1]
+	_, chained := c.memory.chains.head[1]
 	free := len(c.memory.free)
 	c.memory.mu.Unlock()
 	if chained || free != 16-3 {

@@ -190,9 +190,7 @@ type DiskTier struct {
 	state   []uint8  // slotFree, slotFilling, slotValid, slotZombie (as in memory.go)
 	free    []int32
 	zombies []int32
-	blkHead map[uint64]int32
-	blkPrev []int32
-	blkNext []int32
+	chains  blockChains
 	policy  Policy
 	bytes   int64
 }
@@ -273,9 +271,7 @@ func NewDiskTier(ctx context.Context, cfg DiskConfig) (*DiskTier, error) {
 		gens:    make([]uint64, nslots),
 		crcs:    make([]uint32, nslots),
 		state:   make([]uint8, nslots),
-		blkHead: make(map[uint64]int32),
-		blkPrev: make([]int32, nslots),
-		blkNext: make([]int32, nslots),
+		chains:  newBlockChains(int(nslots)),
 		policy:  policy,
 	}
 	t.keyed, _ = policy.(keyedInserter)
@@ -519,7 +515,7 @@ func (t *DiskTier) rebuild(ctx context.Context, scan int32) error {
 		h := found[s]
 		t.index[h.key] = s
 		t.keys[s], t.lens[s], t.gens[s], t.crcs[s], t.state[s] = h.key, int32(h.length), h.gen, h.dataCRC, slotValid
-		t.linkBlockLocked(s, h.key.Block)
+		t.chains.link(s, h.key.Block)
 		t.insertPolicyLocked(s, h.key, AccessRandom)
 		t.bytes += int64(h.length)
 		inIndex[s] = true
@@ -737,7 +733,7 @@ func (t *DiskTier) writeOne(ctx context.Context, w *diskWrite) {
 	}
 	t.index[w.key] = s
 	t.keys[s], t.lens[s], t.gens[s], t.crcs[s], t.state[s] = w.key, int32(w.n), w.gen, w.crc, slotValid
-	t.linkBlockLocked(s, w.key.Block)
+	t.chains.link(s, w.key.Block)
 	t.insertPolicyLocked(s, w.key, w.access)
 	t.bytes += int64(w.n)
 	t.m.bytes.Set(float64(t.bytes))
@@ -785,7 +781,7 @@ func (t *DiskTier) allocLocked() (int32, bool) {
 func (t *DiskTier) removeLocked(s int32) {
 	key := t.keys[s]
 	delete(t.index, key)
-	t.unlinkBlockLocked(s, key.Block)
+	t.chains.unlink(s, key.Block)
 	t.policy.Remove(s)
 	t.bytes -= int64(t.lens[s])
 	t.m.bytes.Set(float64(t.bytes))
@@ -803,33 +799,6 @@ func (t *DiskTier) releaseLocked(s int32) {
 	t.free = append(t.free, s)
 }
 
-func (t *DiskTier) linkBlockLocked(s int32, block uint64) {
-	head, ok := t.blkHead[block]
-	if !ok {
-		head = noSlot
-	}
-	t.blkPrev[s], t.blkNext[s] = noSlot, head
-	if head != noSlot {
-		t.blkPrev[head] = s
-	}
-	t.blkHead[block] = s
-}
-
-func (t *DiskTier) unlinkBlockLocked(s int32, block uint64) {
-	p, n := t.blkPrev[s], t.blkNext[s]
-	if p != noSlot {
-		t.blkNext[p] = n
-	} else if n != noSlot {
-		t.blkHead[block] = n
-	} else {
-		delete(t.blkHead, block)
-	}
-	if n != noSlot {
-		t.blkPrev[n] = p
-	}
-	t.blkPrev[s], t.blkNext[s] = noSlot, noSlot
-}
-
 // DropBlock forgets every page of a block, queued ones included. The slot
 // headers stay on disk (see DiskTier).
 func (t *DiskTier) DropBlock(_ context.Context, block uint64) {
@@ -840,16 +809,10 @@ func (t *DiskTier) DropBlock(_ context.Context, block uint64) {
 			w.dropped = true
 		}
 	}
-	s, ok := t.blkHead[block]
-	if !ok {
-		return
-	}
-	for s != noSlot {
-		next := t.blkNext[s]
+	t.chains.each(block, func(s int32) {
 		t.removeLocked(s)
 		t.releaseLocked(s)
-		s = next
-	}
+	})
 }
 
 // Close writes the queued pages, waits for reads in flight, syncs and

@@ -71,22 +71,20 @@ type memoryTier struct {
 	log         *slog.Logger
 	m           tierMetrics
 
-	mu        sync.Mutex
-	closed    bool
-	segs      []*segment // fixed length; entries set once, lazily
-	nslots    int32      // slots backed by allocated segments
-	free      []int32
-	zombies   []int32
-	index     map[PageKey]int32
-	keys      []PageKey
-	lens      []int32
-	gens      []uint64
-	state     []uint8
-	blockHead map[uint64]int32
-	blkPrev   []int32
-	blkNext   []int32
-	policy    Policy
-	bytes     int64
+	mu      sync.Mutex
+	closed  bool
+	segs    []*segment // fixed length; entries set once, lazily
+	nslots  int32      // slots backed by allocated segments
+	free    []int32
+	zombies []int32
+	index   map[PageKey]int32
+	keys    []PageKey
+	lens    []int32
+	gens    []uint64
+	state   []uint8
+	chains  blockChains
+	policy  Policy
+	bytes   int64
 }
 
 var _ Tier = (*memoryTier)(nil)
@@ -110,7 +108,7 @@ func newMemoryTier(pageSize int, memBytes int64, segBytes int, policy Policy, m 
 		m:           m,
 		segs:        make([]*segment, nsegs),
 		index:       make(map[PageKey]int32),
-		blockHead:   make(map[uint64]int32),
+		chains:      newBlockChains(0),
 		policy:      policy,
 	}
 }
@@ -231,7 +229,7 @@ func (t *memoryTier) Put(_ context.Context, key PageKey, data []byte, access Acc
 	t.keys[s] = key
 	t.lens[s] = int32(len(data))
 	t.state[s] = slotValid
-	t.linkBlockLocked(s, key.Block)
+	t.chains.link(s, key.Block)
 	if kp, ok := t.policy.(KeyedPolicy); ok { // ghost-keeping policies need the page key
 		kp.InsertKey(s, key, access)
 	} else {
@@ -300,8 +298,7 @@ func (t *memoryTier) growLocked() error {
 	t.lens = append(t.lens, make([]int32, n)...)
 	t.gens = append(t.gens, make([]uint64, n)...)
 	t.state = append(t.state, make([]uint8, n)...)
-	t.blkPrev = append(t.blkPrev, make([]int32, n)...)
-	t.blkNext = append(t.blkNext, make([]int32, n)...)
+	t.chains.grow(int(n))
 	t.policy.Grow(total)
 	return nil
 }
@@ -311,7 +308,7 @@ func (t *memoryTier) growLocked() error {
 func (t *memoryTier) removeLocked(s int32) {
 	key := t.keys[s]
 	delete(t.index, key)
-	t.unlinkBlockLocked(s, key.Block)
+	t.chains.unlink(s, key.Block)
 	t.policy.Remove(s)
 	t.bytes -= int64(t.lens[s])
 	t.m.bytes.Set(float64(t.bytes))
@@ -333,47 +330,14 @@ func (t *memoryTier) releaseLocked(s int32) {
 	t.free = append(t.free, s)
 }
 
-func (t *memoryTier) linkBlockLocked(s int32, block uint64) {
-	head, ok := t.blockHead[block]
-	if !ok {
-		head = noSlot
-	}
-	t.blkPrev[s], t.blkNext[s] = noSlot, head
-	if head != noSlot {
-		t.blkPrev[head] = s
-	}
-	t.blockHead[block] = s
-}
-
-func (t *memoryTier) unlinkBlockLocked(s int32, block uint64) {
-	p, n := t.blkPrev[s], t.blkNext[s]
-	if p != noSlot {
-		t.blkNext[p] = n
-	} else if n != noSlot {
-		t.blockHead[block] = n
-	} else {
-		delete(t.blockHead, block)
-	}
-	if n != noSlot {
-		t.blkPrev[n] = p
-	}
-	t.blkPrev[s], t.blkNext[s] = noSlot, noSlot
-}
-
 // DropBlock frees every slot of the block by walking its chain.
 func (t *memoryTier) DropBlock(_ context.Context, block uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.blockHead[block]
-	if !ok {
-		return
-	}
-	for s != noSlot {
-		next := t.blkNext[s]
+	t.chains.each(block, func(s int32) {
 		t.removeLocked(s)
 		t.releaseLocked(s)
-		s = next
-	}
+	})
 }
 
 // Close drops every page, waits for in-flight copies and unmaps the arena.
@@ -385,7 +349,7 @@ func (t *memoryTier) Close() error {
 	}
 	t.closed = true
 	clear(t.index)
-	clear(t.blockHead)
+	t.chains.reset()
 	t.bytes = 0
 	t.m.bytes.Set(0)
 	segs := t.segs
