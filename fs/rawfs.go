@@ -405,12 +405,35 @@ func (fs *fileSystem) orphaned(ino meta.Ino) {
 // purge deletes an orphan in the background. In a cluster a purge first
 // asks every node whether it has the inode open, which must not hold up
 // the unlink or close that made the orphan (a partitioned member would
-// stall it for seconds); meta re-checks openness, so a racing open is
-// safe. A purge that fails leaves the orphan listed for the garbage
-// collector or the next mount.
+// stall it for seconds).
+//
+// The purge holds the inode's open-file state locked, so an open of the
+// same inode that races with it either comes first (the purge sees a
+// second reference and leaves the orphan to that handle's last release)
+// or waits and then finds the inode gone, instead of opening an inode
+// that is being purged. A purge that fails leaves the orphan listed for
+// the garbage collector or the next mount.
 func (fs *fileSystem) purge(ino meta.Ino) {
 	fs.purges.Go(func() {
-		err := fs.md.Purge(fs.ctx(), ino)
+		f, _ := fs.acquire(ino)
+		f.mu.Lock()
+		fs.mu.Lock()
+		alone := f.refs == 1
+		if !alone {
+			f.unlinked = true // the other handle's last release purges
+		}
+		fs.mu.Unlock()
+		var err error
+		if alone {
+			err = fs.md.Purge(fs.ctx(), ino)
+		}
+		f.mu.Unlock()
+		fs.mu.Lock()
+		f.refs--
+		if f.refs == 0 && fs.files[ino] == f {
+			delete(fs.files, ino)
+		}
+		fs.mu.Unlock()
 		if err != nil && !errors.Is(err, syscall.ENOENT) {
 			fs.log.Warn("fs: purge orphan; left for the garbage collector", "ino", ino, "err", err)
 		}
