@@ -23,9 +23,11 @@ func newRootCmd(s streams) *cobra.Command {
 		Use:   "datenlord-node",
 		Short: "A DatenLord node: a cache-first distributed storage system",
 		Long: `datenlord-node runs one node of DatenLord, a cache-first distributed storage
-system. Alone it is a complete system: a POSIX file system mounted through
-FUSE, with metadata in an embedded Raft/Badger service, a memory page cache,
-and immutable blocks persisted in a local directory.
+system: a POSIX file system mounted through FUSE, with metadata in a Raft
+service over Badger, immutable blocks persisted in a local directory or S3,
+and reads served from memory, local NVMe, the neighbor node that owns the
+page (RDMA or TCP) and then the store. Alone it is a complete system; with
+--peers or --join it is one member of a cluster.
 
 Every flag can also be set through the environment as DATENLORD_<FLAG>, with
 dashes as underscores (--cache-mem is DATENLORD_CACHE_MEM); a flag on the
