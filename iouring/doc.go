@@ -36,17 +36,42 @@
 // # Submission and completion
 //
 // Callers from many goroutines share the ring. A request first takes one of
-// Config.Entries request slots (the in-flight bound, which also keeps the
-// completion queue from overflowing), writes its SQE under a mutex and
-// wakes the submitter: one goroutine locked to its own OS thread that
-// passes every SQE queued so far to io_uring_enter, so concurrent callers
-// share system calls. Submitting from a dedicated thread is a correctness
-// rule, not a tuning choice: the kernel completes reads and writes with
-// task work on the submitting thread, and an arbitrary Go thread may be
-// blocked where task work cannot run (a read of this process's own FUSE
-// mount, waiting for that very completion). One reaper goroutine waits in
-// io_uring_enter(GETEVENTS), and hands each completion to the goroutine
-// that waits for it (user_data is the request slot).
+// the request slots (the in-flight bound, which also keeps the completion
+// queue from overflowing) and writes its SQE under a mutex. Only one
+// goroutine, the ring owner, locked to its own OS thread, ever enters the
+// ring: the ring is set up (on that thread) with IORING_SETUP_SINGLE_ISSUER
+// and IORING_SETUP_DEFER_TASKRUN (Linux 6.1), and the owner both submits
+// and reaps. While requests are in flight it loops on one system call per
+// round, io_uring_enter(to_submit = whatever callers queued meanwhile,
+// min_complete = 1, GETEVENTS), then hands each completion to the goroutine
+// waiting for it (user_data is the request slot), so concurrent callers
+// share system calls and completions are batched. Callers wake the owner
+// only when it sleeps, and at most one of them per sleep: when nothing is
+// in flight it is parked on a channel; when it waits in the kernel, a
+// write to an eventfd (whose read the owner keeps queued on the ring)
+// completes its wait, so a new request never waits behind a slow one.
+// io_uring_register runs on the owner thread too (SINGLE_ISSUER requires
+// it), and so does the ring's setup.
+//
+// Why one owner thread is a correctness rule, not a tuning choice: the
+// kernel completes reads and writes with task work. Without DEFER_TASKRUN
+// that task work runs on the submitting thread, and when callers submitted
+// from arbitrary Go threads, a thread could block reading this process's
+// own FUSE mount (a killable wait where task work cannot run) while the
+// FUSE request waited for that very completion: a deadlock, seen in
+// TestDiskTierEngines. With DEFER_TASKRUN the task work runs only inside
+// the owner's io_uring_enter(GETEVENTS), and the owner blocks nowhere else
+// than in that call or on its channel, so completions never depend on a
+// caller's thread. This is also about twice as fast as the previous design
+// (a submitter thread plus a separate reaper thread, woken per batch): one
+// thread, one system call per round, no cross-thread task work.
+//
+// On kernels without DEFER_TASKRUN (io_uring_setup fails with EINVAL; the
+// reason is logged at Info) the engine falls back to that previous design:
+// a dedicated locked submitter thread that does nothing but
+// io_uring_enter(to_submit), which only ever sleeps interruptibly so its
+// task work always runs, and a reaper goroutine waiting in
+// io_uring_enter(GETEVENTS).
 //
 // # Buffers, cancellation and Close
 //

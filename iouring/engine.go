@@ -60,6 +60,9 @@ type Config struct {
 	// setupErr, when set (tests only), makes io_uring setup fail with it,
 	// to exercise the fallback on a kernel where io_uring works.
 	setupErr error
+	// noOwner (tests only) skips the SINGLE_ISSUER|DEFER_TASKRUN ring, to
+	// exercise the fallback used on kernels before 6.1.
+	noOwner bool
 }
 
 // DefaultEntries is the default Config.Entries.

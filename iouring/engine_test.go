@@ -19,9 +19,13 @@ var engineKinds = []string{KindUring, KindPsync}
 
 // forEachEngine runs f as a subtest against every engine kind.
 func forEachEngine(t *testing.T, f func(t *testing.T, e Engine)) {
-	for _, kind := range engineKinds {
-		t.Run(kind, func(t *testing.T) {
-			e, err := Open(Config{Kind: kind, Entries: 64})
+	for _, name := range append(engineKinds, "uring-legacy") {
+		kind, legacy := name, name == "uring-legacy"
+		if legacy {
+			kind = KindUring
+		}
+		t.Run(name, func(t *testing.T) {
+			e, err := Open(Config{Kind: kind, Entries: 64, noOwner: legacy})
 			if err != nil {
 				t.Fatalf("open %s engine: %v", kind, err)
 			}
@@ -325,4 +329,65 @@ func TestOpenKinds(t *testing.T) {
 	}
 	t.Logf("auto picked %q on this kernel", e.Name())
 	_ = e.Close()
+}
+
+// TestNotBlockedByPendingRequest checks that a request submitted while
+// another waits indefinitely (a read of an idle pipe) is not held back
+// behind it: the ring owner must be woken out of its wait for completions.
+func TestNotBlockedByPendingRequest(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
+			e, err := Open(Config{Kind: KindUring, noOwner: legacy})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(p[0])
+			defer unix.Close(p[1])
+			readDone := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 1)
+				_, err := e.ReadAt(context.Background(), p[0], buf, -1)
+				readDone <- err
+			}()
+			time.Sleep(20 * time.Millisecond) // let the pipe read reach the kernel
+			f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			for i := range 100 {
+				if _, err := e.WriteAt(ctx, int(f.Fd()), []byte("hello"), int64(i*5)); err != nil {
+					t.Fatalf("write %d while a pipe read is pending: %v", i, err)
+				}
+			}
+			// Registration runs on the owner thread, which must be woken too.
+			buf, err := AllocAligned(4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer FreeAligned(buf)
+			if err := e.RegisterBuffers([][]byte{buf}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.WriteFixed(ctx, int(f.Fd()), buf, 4096, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.RegisterBuffers(nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := unix.Write(p[1], []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-readDone; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }

@@ -79,8 +79,10 @@ const (
 
 	fsyncDatasync = 1 << 0
 
-	setupClamp     = 1 << 4
-	setupSubmitAll = 1 << 7
+	setupClamp        = 1 << 4
+	setupSubmitAll    = 1 << 7
+	setupSingleIssuer = 1 << 12 // 6.0
+	setupDeferTaskrun = 1 << 13 // 6.1; needs setupSingleIssuer
 
 	featSingleMmap = 1 << 0
 	featNoDrop     = 1 << 1

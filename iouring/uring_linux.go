@@ -19,6 +19,14 @@ import (
 const (
 	tagCancel uint64 = 1 << 62 // | slot id: an async cancel
 	tagStop   uint64 = 1 << 63 // the NOP Close sends to stop the reaper
+	tagWake   uint64 = 1 << 61 // the owner's read of its wake eventfd
+)
+
+// Owner states (uringEngine.state), in owner mode.
+const (
+	ownerRunning int32 = iota // will look at the SQ again before sleeping
+	ownerIdle                 // parked on e.kick: nothing in flight
+	ownerWaiting              // in io_uring_enter(GETEVENTS): wake via eventfd
 )
 
 // uringEngine shares one io_uring instance between every caller. See the
@@ -58,6 +66,20 @@ type uringEngine struct {
 
 	inflight   atomic.Int64 // requests whose completion has not been reaped
 	reaperDone chan struct{}
+
+	// Owner mode (IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN): one goroutine,
+	// locked to its OS thread, is the only task that ever enters the ring.
+	owner     bool
+	state     atomic.Int32 // ownerRunning, ownerIdle or ownerWaiting
+	wakeFD    int          // eventfd the owner keeps a read armed on
+	wakeBuf   *uint64      // that read's buffer (pinned while armed)
+	wakePin   runtime.Pinner
+	wakeArmed bool          // owner only
+	wakeRearm bool          // under mu: the wake read is due once the SQ has room
+	stopping  bool          // under mu: Close asked the owner to finish
+	calls     chan func()   // work that must run on the owner thread
+	regMu     sync.Mutex    // serialises RegisterBuffers; guards regs with mu
+	ownerDone chan struct{} // closed when the owner has stopped
 }
 
 // request is the state of one request slot.
@@ -72,6 +94,16 @@ func newUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 	if cfg.setupErr != nil {
 		return nil, fmt.Errorf("io_uring_setup: %w", cfg.setupErr)
 	}
+	if !cfg.noOwner {
+		oe, err := newOwnerUring(cfg, log)
+		if err == nil {
+			return oe, nil
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			return nil, err
+		}
+		log.Info("io_uring: SINGLE_ISSUER|DEFER_TASKRUN refused (kernel < 6.1?); using a dedicated submitter thread and a reaper", "err", err)
+	}
 	var p ioUringParams
 	p.flags = setupClamp | setupSubmitAll
 	fd, err := ioUringSetup(cfg.Entries, &p)
@@ -83,7 +115,7 @@ func newUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 		return nil, fmt.Errorf("io_uring_setup(%d entries): %w", cfg.Entries, err)
 	}
 	e := &uringEngine{
-		ringFD: fd, log: log, closing: make(chan struct{}), reaperDone: make(chan struct{}),
+		ringFD: fd, log: log, wakeFD: -1, closing: make(chan struct{}), reaperDone: make(chan struct{}),
 		kick: make(chan struct{}, 1), submitterDone: make(chan struct{}),
 	}
 	if err := e.mapRings(&p); err != nil {
@@ -173,6 +205,10 @@ func (e *uringEngine) pushLocked(fill func(*sqe)) {
 
 // flushLocked hands everything pending to the submitter (e.mu held).
 func (e *uringEngine) flushLocked() {
+	if e.owner {
+		e.wakeOwnerLocked()
+		return
+	}
 	if e.pending == 0 {
 		return
 	}
@@ -373,7 +409,7 @@ func (e *uringEngine) WriteFixed(ctx context.Context, fd int, buf []byte, off in
 
 func (e *uringEngine) checkFixed(buf []byte, idx int) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	defer e.mu.Unlock() // regs is written under both regMu and mu
 	return checkFixed(e.regs, buf, idx)
 }
 
@@ -400,16 +436,44 @@ func (e *uringEngine) Fdatasync(ctx context.Context, fd int) error {
 // RegisterBuffers registers bufs with the kernel (IORING_REGISTER_BUFFERS),
 // unregistering any earlier set first.
 func (e *uringEngine) RegisterBuffers(bufs [][]byte) error {
+	if !e.owner {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.registerBuffers(bufs, func(op uint32, arg unsafe.Pointer, n uint32) error {
+			return ioUringRegister(e.ringFD, op, arg, n)
+		}, func(r [][]byte) { e.regs = r })
+	}
+	// Owner mode: a SINGLE_ISSUER ring accepts io_uring_register only from
+	// its owner thread. mu is not held while the owner works: it needs it.
+	e.regMu.Lock()
+	defer e.regMu.Unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return fmt.Errorf("iouring register buffers: %w", ErrClosed)
+	}
+	return e.registerBuffers(bufs, func(op uint32, arg unsafe.Pointer, n uint32) (err error) {
+		e.onOwner(func() { err = ioUringRegister(e.ringFD, op, arg, n) })
+		return err
+	}, func(r [][]byte) {
+		e.mu.Lock()
+		e.regs = r
+		e.mu.Unlock()
+	})
+}
+
+// registerBuffers is RegisterBuffers with the system call and the update
+// of e.regs supplied by the mode.
+func (e *uringEngine) registerBuffers(bufs [][]byte, register func(uint32, unsafe.Pointer, uint32) error, setRegs func([][]byte)) error {
+	if !e.owner && e.closed {
 		return fmt.Errorf("iouring register buffers: %w", ErrClosed)
 	}
 	if e.regs != nil {
-		if err := ioUringRegister(e.ringFD, unregisterBuffers, nil, 0); err != nil {
+		if err := register(unregisterBuffers, nil, 0); err != nil {
 			return fmt.Errorf("iouring unregister buffers: %w", err)
 		}
-		e.regs = nil
+		setRegs(nil)
 	}
 	if len(bufs) == 0 {
 		return nil
@@ -422,10 +486,12 @@ func (e *uringEngine) RegisterBuffers(bufs [][]byte) error {
 		iov[i].Base = unsafe.SliceData(b)
 		iov[i].SetLen(len(b))
 	}
-	if err := ioUringRegister(e.ringFD, registerBuffers, unsafe.Pointer(&iov[0]), uint32(len(iov))); err != nil {
+	err := register(registerBuffers, unsafe.Pointer(&iov[0]), uint32(len(iov)))
+	runtime.KeepAlive(iov)
+	if err != nil {
 		return fmt.Errorf("iouring register %d buffers: %w", len(bufs), err)
 	}
-	e.regs = append([][]byte(nil), bufs...)
+	setRegs(append([][]byte(nil), bufs...))
 	return nil
 }
 
@@ -435,12 +501,19 @@ func (e *uringEngine) Close() error {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		<-e.reaperDone
+		if e.owner {
+			<-e.ownerDone
+		} else {
+			<-e.reaperDone
+		}
 		return nil
 	}
 	e.closed = true
 	e.mu.Unlock()
 	close(e.closing)
+	if e.owner {
+		return e.closeOwner()
+	}
 
 	// Stop the reaper with a NOP of our own: it needs a request slot (and
 	// so SQ room) like any request.

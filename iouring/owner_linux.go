@@ -1,0 +1,272 @@
+package iouring
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// newOwnerUring sets up a ring with IORING_SETUP_SINGLE_ISSUER and
+// IORING_SETUP_DEFER_TASKRUN on a new goroutine locked to its OS thread,
+// which then owns the ring: it is the only task that ever calls
+// io_uring_enter or io_uring_register on it. An error wrapping EINVAL
+// means the kernel does not know the flags (before 6.1).
+func newOwnerUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
+	e := &uringEngine{
+		ringFD: -1, wakeFD: -1, log: log, owner: true,
+		closing: make(chan struct{}), kick: make(chan struct{}, 1),
+		calls: make(chan func(), 1), ownerDone: make(chan struct{}),
+	}
+	ready := make(chan error, 1)
+	go e.ownerLoop(cfg, ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// ownerSetup runs on the owner thread: the ring's submitter task is the
+// one that creates it.
+func (e *uringEngine) ownerSetup(cfg Config) error {
+	p := ioUringParams{flags: setupClamp | setupSubmitAll | setupSingleIssuer | setupDeferTaskrun}
+	fd, err := ioUringSetup(cfg.Entries, &p)
+	if err != nil {
+		return fmt.Errorf("io_uring_setup(%d entries, SINGLE_ISSUER|DEFER_TASKRUN): %w", cfg.Entries, err)
+	}
+	e.ringFD = fd
+	if err := e.mapRings(&p); err != nil {
+		e.unmap()
+		_ = unix.Close(fd)
+		return err
+	}
+	// One SQ entry is kept for the wake read, so requests get sqSize-1 slots.
+	e.slots = make(chan uint32, e.sqSize)
+	e.reqs = make([]request, e.sqSize)
+	for i := range e.reqs {
+		e.reqs[i].done = make(chan int32, 1)
+		if i < int(e.sqSize)-1 {
+			e.slots <- uint32(i)
+		}
+	}
+	// A blocking eventfd: io_uring polls it rather than failing with EAGAIN.
+	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		e.unmap()
+		_ = unix.Close(fd)
+		return fmt.Errorf("io_uring wake eventfd: %w", err)
+	}
+	e.wakeFD = wfd
+	e.wakeBuf = new(uint64)
+	e.wakePin.Pin(e.wakeBuf)
+	e.mu.Lock()
+	e.armWakeLocked()
+	e.mu.Unlock()
+	return nil
+}
+
+// armWakeLocked queues the read of the wake eventfd (e.mu held).
+func (e *uringEngine) armWakeLocked() {
+	e.pushLocked(func(s *sqe) {
+		s.opcode = opRead
+		s.fd = int32(e.wakeFD)
+		s.addr = uint64(uintptr(unsafe.Pointer(e.wakeBuf)))
+		s.len = 8
+		s.userData = tagWake
+	})
+	e.wakeArmed = true
+}
+
+// wakeOwnerLocked wakes the owner if it sleeps (e.mu held, so that Close
+// cannot close the eventfd under us). At most one waker per sleep pays
+// for it: the others see ownerRunning.
+func (e *uringEngine) wakeOwnerLocked() {
+	switch {
+	case e.state.CompareAndSwap(ownerIdle, ownerRunning):
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
+	case e.state.CompareAndSwap(ownerWaiting, ownerRunning):
+		one := uint64(1)
+		if _, err := unix.Write(e.wakeFD, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
+			e.log.Error("io_uring wake eventfd write failed", "err", err)
+		}
+	}
+}
+
+// onOwner runs f on the owner thread and waits for it.
+func (e *uringEngine) onOwner(f func()) {
+	done := make(chan struct{})
+	e.calls <- func() { f(); close(done) } // queued first: a wake then finds it
+	e.mu.Lock()
+	e.wakeOwnerLocked()
+	e.mu.Unlock()
+	<-done
+}
+
+// ownerLoop submits and reaps for every caller, from one locked OS thread.
+//
+// With DEFER_TASKRUN the kernel runs the task work that completes reads
+// and writes only when this thread calls io_uring_enter(GETEVENTS), never
+// on another thread, so no caller's thread — possibly blocked reading this
+// process's own FUSE mount — is ever needed for a completion. While
+// requests are in flight the loop is one system call per round: submit
+// what callers queued and wait for at least one completion. Callers wake it
+// only when it sleeps: through e.kick when nothing is in flight, through
+// the eventfd (whose read completes the wait) when it waits in the kernel.
+func (e *uringEngine) ownerLoop(cfg Config, ready chan<- error) {
+	runtime.LockOSThread() // never unlocked: the thread ends with the loop
+	if err := e.ownerSetup(cfg); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	defer close(e.ownerDone)
+	for {
+		select {
+		case f := <-e.calls:
+			f()
+		default:
+		}
+		e.mu.Lock()
+		if e.wakeRearm && !e.stopping && e.tail-atomic.LoadUint32(e.sqHead) < e.sqSize {
+			e.wakeRearm = false
+			e.armWakeLocked()
+		}
+		n := e.pending
+		e.pending = 0
+		busy := e.inflight.Load() > 0
+		if n == 0 && !busy {
+			if e.stopping {
+				e.mu.Unlock()
+				e.ownerStop()
+				return
+			}
+			e.state.Store(ownerIdle)
+			e.mu.Unlock()
+			select {
+			case <-e.kick:
+			case f := <-e.calls:
+				f()
+			}
+			e.state.Store(ownerRunning)
+			continue
+		}
+		var minComplete, flags uint32
+		if busy {
+			flags = enterGetEvents // runs the deferred task work: reaps what is done
+			e.state.Store(ownerWaiting)
+			// onOwner queues its call before taking mu to wake us, so after
+			// this check under mu it is sure to see ownerWaiting.
+			if len(e.calls) == 0 {
+				minComplete = 1
+			}
+		}
+		e.mu.Unlock()
+		done, err := ioUringEnter(e.ringFD, n, minComplete, flags)
+		e.state.Store(ownerRunning)
+		if done < 0 {
+			done = 0
+		}
+		if uint32(done) < n {
+			e.mu.Lock()
+			e.pending += n - uint32(done)
+			e.mu.Unlock()
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EBUSY) {
+				e.log.Error("io_uring_enter failed; retrying", "err", err)
+			}
+			// Reap below frees CQ room; back off so a persistent error does not spin.
+			time.Sleep(50 * time.Microsecond)
+		}
+		e.ownerReap()
+	}
+}
+
+// ownerReap delivers the completions in the CQ (owner thread).
+func (e *uringEngine) ownerReap() {
+	head := atomic.LoadUint32(e.cqHead)
+	tail := atomic.LoadUint32(e.cqTail) // acquire: CQEs up to tail are written
+	rearm := false
+	for ; head != tail; head++ {
+		c := (*cqe)(unsafe.Add(e.cqes, uintptr(head&e.cqMask)*unsafe.Sizeof(cqe{})))
+		ud, res := c.userData, c.res
+		switch {
+		case ud&tagCancel != 0:
+		case ud == tagWake:
+			e.wakeArmed = false
+			rearm = true
+		default:
+			e.reqs[ud].done <- res
+			e.inflight.Add(-1)
+		}
+	}
+	atomic.StoreUint32(e.cqHead, head) // release the CQ entries to the kernel
+	if rearm {
+		e.mu.Lock()
+		switch {
+		case e.stopping:
+		case e.tail-atomic.LoadUint32(e.sqHead) >= e.sqSize:
+			e.wakeRearm = true // the SQ is full (cancels): retry next round
+		default:
+			e.armWakeLocked()
+		}
+		e.mu.Unlock()
+	}
+}
+
+// ownerStop cancels the wake read and waits for its completion, so that
+// its buffer can be unpinned; nothing else is in flight.
+func (e *uringEngine) ownerStop() {
+	if e.wakeArmed {
+		e.mu.Lock()
+		e.pushLocked(func(s *sqe) {
+			s.opcode = opAsyncCancel
+			s.fd = -1
+			s.addr = tagWake
+			s.userData = tagCancel | tagWake
+		})
+		n := e.pending
+		e.pending = 0
+		e.mu.Unlock()
+		for i := 0; e.wakeArmed && i < 1000; i++ {
+			if _, err := ioUringEnter(e.ringFD, n, 1, enterGetEvents); err != nil && !errors.Is(err, unix.EINTR) {
+				e.log.Error("io_uring wait for the wake read's cancellation failed", "err", err)
+				time.Sleep(time.Millisecond)
+			}
+			n = 0
+			e.ownerReap()
+		}
+	}
+	if !e.wakeArmed {
+		e.wakePin.Unpin()
+	} // else leave it pinned: the kernel may still write it
+}
+
+// closeOwner is Close in owner mode.
+func (e *uringEngine) closeOwner() error {
+	e.regMu.Lock() // no registration in progress: it needs the owner
+	e.mu.Lock()
+	e.stopping = true
+	e.wakeOwnerLocked()
+	e.mu.Unlock()
+	e.regMu.Unlock()
+	<-e.ownerDone
+	e.mu.Lock()
+	e.ringGone = true
+	e.mu.Unlock()
+	e.unmap()
+	err := unix.Close(e.ringFD)
+	_ = unix.Close(e.wakeFD)
+	if err != nil {
+		return fmt.Errorf("iouring close ring fd %d: %w", e.ringFD, err)
+	}
+	return nil
+}
