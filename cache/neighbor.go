@@ -142,8 +142,9 @@ type NeighborConfig struct {
 	Self string
 	// Membership lists the cache nodes.
 	Membership Membership
-	// Transport carries requests; TransportName labels the metrics
-	// ("tcp" when empty).
+	// Transport carries requests; TransportName names it in logs ("tcp"
+	// when empty). datenlord_neighbor_reads_total is labelled by the path
+	// each page took instead: "rdma" (one-sided, SlotReader) or "tcp".
 	Transport     NeighborTransport
 	TransportName string
 	// PageSize must equal the Cache's page size.
@@ -209,6 +210,8 @@ type peerState struct {
 	retryAt time.Time
 	backoff time.Duration
 	probing bool
+	// slotRetryAt: no lookups for one-sided reads before then.
+	slotRetryAt time.Time
 }
 
 // offer is one page waiting to be sent to its owner.
@@ -256,13 +259,13 @@ func NewNeighborTier(cfg NeighborConfig) (*NeighborTier, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	m, err := newNeighborMetrics(cfg.Registerer, cfg.TransportName)
+	m, err := newNeighborMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("cache neighbor: register metrics: %w", err)
 	}
 	n := &NeighborTier{
 		cfg:    cfg,
-		log:    log.With("tier", "neighbor", "node", cfg.Self),
+		log:    log.With("tier", "neighbor", "node", cfg.Self, "transport", cfg.TransportName),
 		tr:     cfg.Transport,
 		crc:    crc32.MakeTable(crc32.Castagnoli),
 		m:      m,
@@ -410,10 +413,29 @@ func (n *NeighborTier) GetSized(ctx context.Context, key PageKey, length int, ds
 }
 
 // readRemote asks node for a page and checks what comes back.
+//
+// With a SlotReader the page is read one-sidedly: at its cached location,
+// or, with none (or a stale one), at the location an opLookup returns; the
+// request path carries the page itself only when the one-sided path fails
+// or the owner cannot place the page in its arena.
 func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, length int, dst []byte, flags uint8) (int, bool) {
 	if n.slots != nil && length > 0 {
-		if got, ok := n.readSlot(ctx, node, key, length, dst); ok {
+		switch got, res := n.readSlot(ctx, node, key, length, dst); res {
+		case slotRead:
 			return got, true
+		case slotNoLocation:
+			if n.slotPathUp(node.ID) {
+				loc, found, ok := n.lookup(ctx, node, key, length, flags)
+				if !ok {
+					return 0, false // the owner did not answer: a miss, as for opReadPage
+				}
+				if found {
+					n.setHint(key, loc)
+					if got, res := n.readSlot(ctx, node, key, length, dst); res == slotRead {
+						return got, true
+					}
+				}
+			}
 		}
 	}
 	var req [readReqSize]byte
@@ -471,20 +493,37 @@ func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, l
 	if r.hasLoc {
 		n.setHint(key, r.loc)
 	}
-	n.m.reads.Inc()
+	n.m.readsTCP.Inc()
 	if len(r.data) > 0 && &r.data[0] == &dst[0] {
 		return len(r.data), true // read in place
 	}
 	return copy(dst, r.data), true
 }
 
+// slotResult is the outcome of a one-sided read attempt.
+type slotResult int
+
+const (
+	// slotRead: the page was read and checked.
+	slotRead slotResult = iota
+	// slotNoLocation: no (or a stale) location: a lookup may find it.
+	slotNoLocation
+	// slotFailed: the one-sided path failed: read over the request path.
+	slotFailed
+)
+
+// slotRetryDelay is how long a reader whose one-sided read of a peer
+// failed reads that peer over the request path alone (no lookups), while
+// the slot reader reconnects in the background.
+const slotRetryDelay = time.Second
+
 // readSlot reads a page with a one-sided read at its cached location.
-func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, length int, dst []byte) (int, bool) {
+func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, length int, dst []byte) (int, slotResult) {
 	n.mu.Lock()
 	loc, ok := n.hints[key]
 	n.mu.Unlock()
 	if !ok || int(loc.Length) != length {
-		return 0, false
+		return 0, slotNoLocation
 	}
 	bp := n.bufs.Get().(*[]byte)
 	defer n.bufs.Put(bp)
@@ -495,16 +534,64 @@ func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, len
 	if err != nil {
 		// Not a verdict on the peer: the request path follows at once
 		// (over TCP) and judges its liveness; the slot reader reconnects
-		// its one-sided path in the background.
+		// its one-sided path in the background. Meanwhile no lookups:
+		// their locations could not be read.
 		n.log.Debug("one-sided read failed; reading over the request path", "peer", node.ID, "err", err)
-		return 0, false
+		n.slotFailed(node.ID)
+		return 0, slotFailed
 	}
 	if err := checkSlot(buf, key, loc, n.crc); err != nil {
 		n.dropHint(key) // evicted or rewritten: one more lookup, never wrong data
-		return 0, false
+		return 0, slotNoLocation
 	}
-	n.m.reads.Inc()
-	return copy(dst, buf[slotHeaderSize:]), true
+	n.m.readsRDMA.Inc()
+	return copy(dst, buf[slotHeaderSize:]), slotRead
+}
+
+// lookup asks node where the page's slot is (opLookup; the owner fills
+// on a miss). ok false: the call failed (the peer is marked down); found
+// false: the owner has no slot for the page.
+func (n *NeighborTier) lookup(ctx context.Context, node Node, key PageKey, length int, flags uint8) (loc SlotLocation, found, ok bool) {
+	var req [readReqSize]byte
+	encodeReadReq(req[:], readReq{key: key, length: uint32(length), flags: flags})
+	var resp [respHeaderSize]byte
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
+	b, err := n.tr.CallInto(cctx, node.Addr, opLookup, req[:], resp[:])
+	cancel()
+	if err != nil {
+		n.callFailed(ctx, node, err)
+		return SlotLocation{}, false, false
+	}
+	r, err := decodeLookupResp(b, n.cfg.PageSize)
+	if err == nil && r.status == statusOK && int(r.length) != length {
+		err = fmt.Errorf("owner located %d bytes, the block map says %d", r.length, length)
+	}
+	if err != nil {
+		n.m.bad.Inc()
+		n.log.Warn("bad lookup response from neighbor; reading the page over the request path", "peer", node.ID, "block", key.Block, "page", key.Index, "err", err)
+		return SlotLocation{}, false, true
+	}
+	return r.loc, r.status == statusOK, true
+}
+
+// slotPathUp reports whether lookups for one-sided reads of peer are on
+// (not within slotRetryDelay of a failed one-sided read).
+func (n *NeighborTier) slotPathUp(peer string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p := n.peers[peer]
+	return p == nil || !time.Now().Before(p.slotRetryAt)
+}
+
+func (n *NeighborTier) slotFailed(peer string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p := n.peers[peer]
+	if p == nil {
+		p = &peerState{}
+		n.peers[peer] = p
+	}
+	p.slotRetryAt = time.Now().Add(slotRetryDelay)
 }
 
 // callFailed marks node down after a failed call, unless our own caller
@@ -731,7 +818,8 @@ func getPage(ctx context.Context, t Tier, key PageKey, length int, dst []byte, a
 // neighborMetrics are the neighbor tier's own collectors (hits and misses
 // are the Cache's datenlord_cache_hits_total{tier="neighbor"}).
 type neighborMetrics struct {
-	reads         prometheus.Counter
+	readsRDMA     prometheus.Counter // reads{transport="rdma"}: one-sided slot reads
+	readsTCP      prometheus.Counter // reads{transport="tcp"}: pages over the request path
 	duration      *prometheus.HistogramVec
 	failures      *prometheus.CounterVec
 	bad           prometheus.Counter
@@ -741,9 +829,9 @@ type neighborMetrics struct {
 	servedMemory  prometheus.Counter // served{source="memory"}
 }
 
-func newNeighborMetrics(reg prometheus.Registerer, transport string) (*neighborMetrics, error) {
+func newNeighborMetrics(reg prometheus.Registerer) (*neighborMetrics, error) {
 	reads := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "datenlord_neighbor_reads_total", Help: "Pages read from a neighbor, by transport.",
+		Name: "datenlord_neighbor_reads_total", Help: "Pages read from a neighbor, by the path the bytes took (rdma: one-sided slot read, tcp: the request path).",
 	}, []string{"transport"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "datenlord_neighbor_request_duration_seconds",
@@ -784,7 +872,8 @@ func newNeighborMetrics(reg prometheus.Registerer, transport string) (*neighborM
 		}
 	}
 	return &neighborMetrics{
-		reads:         reads.WithLabelValues(transport),
+		readsRDMA:     reads.WithLabelValues("rdma"),
+		readsTCP:      reads.WithLabelValues("tcp"),
 		duration:      duration,
 		failures:      failures,
 		bad:           bad,

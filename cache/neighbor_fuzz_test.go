@@ -98,3 +98,73 @@ func FuzzNeighborWarm(f *testing.F) {
 		_ = checkSlot(b, PageKey{}, SlotLocation{Length: uint32(max(0, len(b)-slotHeaderSize))}, table)
 	})
 }
+
+// FuzzNeighborLookup covers the opLookup request and response: a location
+// response never carries page bytes, a hit always has a location and a
+// length in 1..page size, a miss has no fields set.
+func FuzzNeighborLookup(f *testing.F) {
+	req := make([]byte, readReqSize)
+	encodeReadReq(req, readReq{key: PageKey{Block: 7, Index: 1}, length: 4096})
+	f.Add(req)
+	ok := make([]byte, respHeaderSize)
+	encodeReadRespHeader(ok, readResp{status: statusOK, hasLoc: true, length: 4096, crc: 0xdeadbeef,
+		loc: SlotLocation{Segment: 2, Offset: 8256, Generation: 9}})
+	f.Add(ok)
+	miss := make([]byte, respHeaderSize)
+	encodeReadRespHeader(miss, readResp{status: statusMiss})
+	f.Add(miss)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if r, err := decodeLookupReq(b, fuzzPage); err == nil && (r.length == 0 || r.length > fuzzPage || r.flags&^readFlagsMask != 0) {
+			t.Fatalf("accepted lookup request %+v", r)
+		}
+		r, err := decodeLookupResp(b, fuzzPage)
+		if err != nil {
+			return
+		}
+		switch {
+		case len(b) != respHeaderSize || r.data != nil:
+			t.Fatalf("accepted a lookup response of %d bytes with data %d", len(b), len(r.data))
+		case r.status == statusOK && (!r.hasLoc || r.length == 0 || r.length > fuzzPage || r.loc.Length != r.length):
+			t.Fatalf("accepted a located hit %+v", r)
+		case r.status == statusMiss && (r.hasLoc || r.length != 0):
+			t.Fatalf("accepted a miss %+v", r)
+		case r.status != statusOK && r.status != statusMiss:
+			t.Fatalf("accepted status %d", r.status)
+		}
+	})
+}
+
+// TestLookupWire round-trips the opLookup messages and rejects a lookup
+// response with page bytes, a hit without a location and a zero length.
+func TestLookupWire(t *testing.T) {
+	req := make([]byte, readReqSize)
+	encodeReadReq(req, readReq{key: PageKey{Block: 7, Index: 1}, length: 4096, flags: readSequential})
+	if r, err := decodeLookupReq(req, fuzzPage); err != nil || r.key != (PageKey{Block: 7, Index: 1}) || r.length != 4096 || r.flags != readSequential {
+		t.Fatalf("lookup request: %+v %v", r, err)
+	}
+	encodeReadReq(req, readReq{key: PageKey{Block: 7, Index: 1}})
+	if _, err := decodeLookupReq(req, fuzzPage); err == nil {
+		t.Fatal("accepted a lookup of length 0")
+	}
+	loc := SlotLocation{Segment: 2, Offset: 8256, Generation: 9, Length: 4096}
+	b := make([]byte, respHeaderSize)
+	encodeReadRespHeader(b, readResp{status: statusOK, hasLoc: true, length: 4096, crc: 5, loc: loc})
+	if r, err := decodeLookupResp(b, fuzzPage); err != nil || r.loc != loc || r.crc != 5 {
+		t.Fatalf("lookup response: %+v %v", r, err)
+	}
+	if _, err := decodeLookupResp(append(b, 0), fuzzPage); err == nil {
+		t.Fatal("accepted a lookup response with page bytes")
+	}
+	encodeReadRespHeader(b, readResp{status: statusOK, length: 4096, crc: 5, loc: loc})
+	if _, err := decodeLookupResp(b, fuzzPage); err == nil {
+		t.Fatal("accepted a hit without a location")
+	}
+	encodeReadRespHeader(b, readResp{status: statusOK, hasLoc: true, crc: 5, loc: loc})
+	if _, err := decodeLookupResp(b, fuzzPage); err == nil {
+		t.Fatal("accepted a hit of length 0")
+	}
+	encodeReadRespHeader(b, readResp{status: statusMiss})
+	if r, err := decodeLookupResp(b, fuzzPage); err != nil || r.status != statusMiss {
+		t.Fatalf("miss: %+v %v", r, err)
+	}
+}

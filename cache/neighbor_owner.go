@@ -33,6 +33,7 @@ func (n *NeighborTier) Serve(c *Cache) error {
 	n.tr.Handle(opPutPage, n.handlePutPage)
 	n.tr.Handle(opLocate, n.handleLocate)
 	n.tr.Handle(opWarmBlock, n.handleWarmBlock)
+	n.tr.Handle(opLookup, n.handleLookup)
 	return nil
 }
 
@@ -87,6 +88,42 @@ func (n *NeighborTier) handleReadPage(ctx context.Context, peer string, req []by
 	n.m.served.WithLabelValues("fill").Inc()
 	encodeReadRespHeader(resp, readResp{status: statusOK, length: uint32(got), crc: crc32.Checksum(page[:got], n.crc)})
 	return resp[:respHeaderSize+got], nil
+}
+
+// handleLookup serves opLookup: where the page's slot is in the memory
+// arena, for the reader's one-sided read. A page not in memory is filled
+// exactly as for opReadPage (and so cached here); a page that then still
+// has no slot (the memory tier did not take it, or the fill failed) is a
+// miss, and the reader falls back to opReadPage.
+func (n *NeighborTier) handleLookup(ctx context.Context, peer string, req []byte) ([]byte, error) {
+	c, err := n.served()
+	if err != nil {
+		return nil, err
+	}
+	r, err := decodeLookupReq(req, n.cfg.PageSize)
+	if err != nil {
+		return nil, fmt.Errorf("lookup request from %s: %w", peer, err)
+	}
+	resp := make([]byte, respHeaderSize)
+	if crc, loc, ok := c.memory.locate(r.key); ok && loc.Length == r.length {
+		n.m.served.WithLabelValues("memory").Inc()
+		encodeReadRespHeader(resp, readResp{status: statusOK, hasLoc: true, length: loc.Length, crc: crc, loc: loc})
+		return resp, nil
+	}
+	bp := n.bufs.Get().(*[]byte)
+	defer n.bufs.Put(bp)
+	got, err := n.fill(servingCtx(ctx), c, r, (*bp)[:n.cfg.PageSize])
+	if err == nil && got == int(r.length) {
+		if crc, loc, ok := c.memory.locate(r.key); ok && loc.Length == r.length {
+			n.m.served.WithLabelValues("fill").Inc()
+			encodeReadRespHeader(resp, readResp{status: statusOK, hasLoc: true, length: loc.Length, crc: crc, loc: loc})
+			return resp, nil
+		}
+	} else if err != nil {
+		n.log.Debug("page fill for a neighbor's lookup failed; answering a miss", "peer", peer, "block", r.key.Block, "page", r.key.Index, "err", err)
+	}
+	encodeReadRespHeader(resp, readResp{status: statusMiss})
+	return resp, nil
 }
 
 // readPageInline is the transport's inline fast path of opReadPage: a page
@@ -441,6 +478,31 @@ func (n *NeighborTier) Nodes() []Node { return n.cfg.Membership.Nodes() }
 // neighbor's later one-sided reads). The header is checked as in Get.
 func (t *memoryTier) getLocated(key PageKey, dst []byte) (int, uint32, SlotLocation, bool) {
 	return t.copyLocated(key, dst, true)
+}
+
+// locate returns the CRC and location of a page's slot without copying
+// the page; the header (key, length, generation) is checked, the page
+// against its CRC is not: the one-sided reader checks it.
+func (t *memoryTier) locate(key PageKey) (uint32, SlotLocation, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.index[key]
+	if !ok || t.closed {
+		return 0, SlotLocation{}, false
+	}
+	seg, _, off := t.slotLoc(s)
+	n := int(t.lens[s])
+	t.policy.Touch(s, AccessRandom)
+	gen := t.gens[s]
+	hdr := seg.mem[off : off+slotHeaderSize]
+	if binary.LittleEndian.Uint64(hdr[hdrBlock:]) != key.Block ||
+		binary.LittleEndian.Uint32(hdr[hdrIndex:]) != key.Index ||
+		binary.LittleEndian.Uint32(hdr[hdrLength:]) != uint32(n) ||
+		binary.LittleEndian.Uint64(hdr[hdrGeneration:]) != gen {
+		return 0, SlotLocation{}, false
+	}
+	crc := binary.LittleEndian.Uint32(hdr[hdrChecksum:])
+	return crc, SlotLocation{Segment: uint32(s / t.slotsPerSeg), Offset: uint64(off), Generation: gen, Length: uint32(n)}, true
 }
 
 // copyLocated is getLocated that, with verify false, checks the slot

@@ -23,17 +23,28 @@ import (
 //	            resp: count u32 | count x state u8 (bit 0 memory, bit 1 disk)
 //	opWarmBlock req: block u64 | block length u32 | 0 0 0 0                          (16 bytes)
 //	            resp: pages u32 | fetched u8 | 0 0 0                                  (8 bytes)
+//	opLookup    req: as opReadPage, length > 0                                       (20 bytes)
+//	            resp: the opReadPage response header, no page bytes                  (32 bytes)
+//	                  status ok: has loc 1, length and crc of the slot's page
+//	                  status miss: all other fields 0
 //
 // opReadPage length 0 asks for the page only if the owner holds it. Flags:
 // readSequential fills the whole block (at its coordinator) on a miss;
 // readCoordinate says the receiver is the block's coordinator and must
 // fill itself rather than forward.
+//
+// opLookup is opReadPage without the page: the owner answers where the
+// page's slot is in its memory arena (filling on a miss exactly as for
+// opReadPage), and the reader then reads the slot one-sidedly (RDMA), so
+// page bytes never travel over the request path. A page the owner cannot
+// place in its arena is a miss; the reader then uses opReadPage.
 const (
 	opPing      uint16 = 0x0200
 	opReadPage  uint16 = 0x0201
 	opPutPage   uint16 = 0x0202
 	opLocate    uint16 = 0x0203
 	opWarmBlock uint16 = 0x0204
+	opLookup    uint16 = 0x0205
 
 	readReqSize    = 20
 	respHeaderSize = 32
@@ -96,6 +107,40 @@ func decodeReadReq(b []byte, pageSize int) (readReq, error) {
 		return readReq{}, wireErr("read request: length %d exceeds the page size %d", r.length, pageSize)
 	}
 	return r, nil
+}
+
+// decodeLookupReq decodes an opLookup request: a read request whose
+// length is known (the owner fills on a miss, which needs it).
+func decodeLookupReq(b []byte, pageSize int) (readReq, error) {
+	r, err := decodeReadReq(b, pageSize)
+	if err != nil {
+		return readReq{}, err
+	}
+	if r.length == 0 {
+		return readReq{}, wireErr("lookup request: page length 0")
+	}
+	return r, nil
+}
+
+// decodeLookupResp decodes an opLookup response: a location (status ok,
+// r.loc.Length set) or a miss; it never carries page bytes.
+func decodeLookupResp(b []byte, pageSize int) (readResp, error) {
+	if len(b) != respHeaderSize {
+		return readResp{}, wireErr("lookup response of %d bytes, want %d", len(b), respHeaderSize)
+	}
+	if b[0] == statusOK {
+		if b[1] != 1 {
+			return readResp{}, wireErr("lookup response: a hit without a location")
+		}
+		// Decode as the header of a response with its page, then drop
+		// the page: the owner sent only where it is.
+		r, err := decodeReadRespHead(b, respHeaderSize+int(min(binary.LittleEndian.Uint32(b[4:]), uint32(pageSize)+1)), pageSize)
+		if err != nil {
+			return readResp{}, err
+		}
+		return r, nil
+	}
+	return decodeReadRespHead(b, respHeaderSize, pageSize)
 }
 
 // readResp is a decoded opReadPage response; data aliases the message.

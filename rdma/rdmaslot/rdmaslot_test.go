@@ -34,6 +34,7 @@ type node struct {
 	nb    *cache.NeighborTier
 	c     *cache.Cache
 	dev   *rdma.Device
+	reg   *prometheus.Registry
 }
 
 func (n *node) close() {
@@ -63,10 +64,13 @@ func openOrSkip(t *testing.T) *rdma.Device {
 
 // TestTwoNodesRDMA: two cache nodes in one process over tcpfallback on
 // 127.0.0.1, each with its own device context on the same rxe device; B
-// reads pages A owns from A's arena with RDMA READs (after one lookup
-// each over TCP), checking bytes and the slot headers; a rewritten slot is
-// detected and read again over TCP; a vanished owner costs an error and a
-// fallback, never wrong bytes. It prints READ latency p50/p99 over RDMA
+// reads pages A owns from A's arena with RDMA READs (the first of each
+// page after a location lookup over TCP that carries no page bytes),
+// checking bytes and the slot headers, and
+// datenlord_neighbor_reads_total{transport="rdma"} rises while
+// {transport="tcp"} stays at zero; a rewritten slot is detected and looked
+// up again; a vanished owner costs an error and a fallback, never wrong
+// bytes. It prints READ latency p50/p99 over RDMA
 // and over TCP.
 func TestTwoNodesRDMA(t *testing.T) {
 	openOrSkip(t).Close()
@@ -111,7 +115,7 @@ func TestTwoNodesRDMA(t *testing.T) {
 			t.Fatal(err)
 		}
 		n.slots.Serve(c)
-		n.nb, n.c = nb, c
+		n.nb, n.c, n.reg = nb, c, reg
 	}
 	a, b := nodes[0], nodes[1]
 	defer b.close()
@@ -158,28 +162,38 @@ func TestTwoNodesRDMA(t *testing.T) {
 			t.Fatalf("B reads %v from A: n=%d ok=%v err=%v (bytes equal %v)", k, n, ok, err, bytes.Equal(dst[:n], data[k]))
 		}
 	}
-	// First read of each page: over TCP, which returns the slot location.
+	// Every read is one-sided: the first of each page after a location
+	// lookup over TCP (no page bytes), later ones at the cached location.
+	// The tier checks key, generation and CRC, the test the bytes.
+	before := b.slots.Stats()
 	for _, k := range owned {
 		get(b.nb, k)
 		if _, ok := b.nb.Hint(k); !ok {
 			t.Fatalf("no location hint for %v after a read from its owner", k)
 		}
 	}
-	// Then RDMA READs, checked by the tier (key, generation, CRC) and here.
-	before := b.slots.Stats()
+	rdma0, tcp0 := reads(b.reg, "rdma"), reads(b.reg, "tcp")
 	for range 3 {
 		for _, k := range owned {
 			get(b.nb, k)
 		}
 	}
 	st1 := b.slots.Stats()
-	if got := st1.Reads - before.Reads; got != uint64(3*len(owned)) {
-		t.Fatalf("%d RDMA READs for %d page reads (stats %+v)", got, 3*len(owned), st1)
+	if got := st1.Reads - before.Reads; got != uint64(4*len(owned)) {
+		t.Fatalf("%d RDMA READs for %d page reads (stats %+v)", got, 4*len(owned), st1)
 	}
 	if !b.slots.Connected(a.tr.Addr()) {
 		t.Fatal("B has no QP to A")
 	}
-	t.Logf("B read %d pages from A's arena by RDMA READ, bytes and headers checked", 3*len(owned))
+	rdma1, tcp1 := reads(b.reg, "rdma"), reads(b.reg, "tcp")
+	fmt.Printf("NEIGHBOR-READS after warm-up: rdma=%v tcp=%v; after %d more page reads: rdma=%v tcp=%v\n", rdma0, tcp0, 3*len(owned), rdma1, tcp1)
+	if rdma0 != float64(len(owned)) || rdma1-rdma0 != float64(3*len(owned)) {
+		t.Fatalf("datenlord_neighbor_reads_total{transport=\"rdma\"}: %v after the first %d reads, %v after %d more", rdma0, len(owned), rdma1, 3*len(owned))
+	}
+	if tcp0 != 0 || tcp1 != 0 {
+		t.Fatalf("datenlord_neighbor_reads_total{transport=\"tcp\"} = %v, %v: page bytes went over TCP", tcp0, tcp1)
+	}
+	t.Logf("B read %d pages from A's arena by RDMA READ, bytes and headers checked; reads{rdma}=%v reads{tcp}=%v", 4*len(owned), rdma1, tcp1)
 
 	// Latency: the same pages over RDMA, and over TCP (a tier of B's
 	// without the slot reader).
@@ -237,7 +251,7 @@ func TestTwoNodesRDMA(t *testing.T) {
 			bad++
 		}
 	}
-	t.Logf("after A rewrote its slots: %d stale locations detected and re-read over TCP, bytes correct", bad)
+	t.Logf("after A rewrote its slots: %d stale locations detected and looked up again, bytes correct; reads{rdma}=%v reads{tcp}=%v", bad, reads(b.reg, "rdma"), reads(b.reg, "tcp"))
 	if bad == 0 {
 		t.Error("no stale slot detected after the owner reused its slots")
 	}
@@ -250,7 +264,10 @@ func TestTwoNodesRDMA(t *testing.T) {
 	a.slots.Close()
 	start := time.Now()
 	get(b.nb, k) // RDMA fails; TCP still answers
-	t.Logf("after A's QPs vanished: READ failed and fell back to TCP in %v (stats %+v)", time.Since(start).Round(time.Millisecond), b.slots.Stats())
+	t.Logf("after A's QPs vanished: READ failed and fell back to TCP in %v (stats %+v, reads{tcp}=%v)", time.Since(start).Round(time.Millisecond), b.slots.Stats(), reads(b.reg, "tcp"))
+	if reads(b.reg, "tcp") == 0 {
+		t.Error("the fallback read is not counted as reads{transport=\"tcp\"}")
+	}
 	if b.slots.Stats().Failures == 0 {
 		t.Error("no RDMA READ failure counted after the owner's QPs vanished")
 	}
@@ -261,4 +278,25 @@ func TestTwoNodesRDMA(t *testing.T) {
 		t.Fatalf("B's cache after A vanished: %v", err)
 	}
 	t.Log("after A vanished: B's cache read the page from the store, bytes correct")
+}
+
+// reads returns datenlord_neighbor_reads_total{transport} from reg.
+func reads(reg *prometheus.Registry, transport string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return -1
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "datenlord_neighbor_reads_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "transport" && lp.GetValue() == transport {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
