@@ -58,7 +58,7 @@ type LocalStore struct {
 	log     *slog.Logger
 	metrics *metrics
 	fds     *fdCache
-	closed  atomic.Bool
+	closeGuard
 
 	fanoutMu    sync.Mutex
 	fanoutReady [256]bool // fan-out directory exists and its entry is durable
@@ -395,15 +395,23 @@ func (s *LocalStore) Check(ctx context.Context) error {
 
 // Close closes the cached descriptors; later calls fail.
 func (s *LocalStore) Close() error {
-	if s.closed.Swap(true) {
+	if !s.markClosed() {
 		return nil
 	}
 	s.fds.closeAll()
 	return nil
 }
 
-func (s *LocalStore) usable(ctx context.Context) error {
-	if s.closed.Load() {
+// closeGuard makes a store's calls fail once it is closed.
+type closeGuard struct{ closed atomic.Bool }
+
+// markClosed reports whether this call closed the store (false: already
+// closed).
+func (g *closeGuard) markClosed() bool { return !g.closed.Swap(true) }
+
+// usable fails after Close, or when ctx is done.
+func (g *closeGuard) usable(ctx context.Context) error {
+	if g.closed.Load() {
 		return errClosed
 	}
 	return ctx.Err()

@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -62,7 +61,7 @@ type S3Store struct {
 	log       *slog.Logger
 	metrics   *metrics
 	retries   *prometheus.CounterVec
-	closed    atomic.Bool
+	closeGuard
 	// listPageSize, when positive, caps the keys per ListObjectsV2 page
 	// (tests page through a few blocks with it; S3's default is 1000).
 	listPageSize int32
@@ -468,18 +467,11 @@ func (s *S3Store) explainBucketError(err error) error {
 
 // Close closes idle connections; later calls fail.
 func (s *S3Store) Close() error {
-	if s.closed.Swap(true) {
+	if !s.markClosed() {
 		return nil
 	}
 	s.transport.CloseIdleConnections()
 	return nil
-}
-
-func (s *S3Store) usable(ctx context.Context) error {
-	if s.closed.Load() {
-		return errClosed
-	}
-	return ctx.Err()
 }
 
 func maxKeys(n int32) *int32 {
