@@ -299,7 +299,12 @@ func (sc *serverConn) respond(h header, resp []byte, err error) error {
 		out.flags |= flagError
 		var errno syscall.Errno
 		var eb [4]byte
-		if errors.As(err, &errno) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			binary.LittleEndian.PutUint32(eb[:], codeDeadline)
+		case errors.Is(err, context.Canceled):
+			binary.LittleEndian.PutUint32(eb[:], codeCanceled)
+		case errors.As(err, &errno):
 			binary.LittleEndian.PutUint32(eb[:], uint32(errno))
 		}
 		msg := err.Error()

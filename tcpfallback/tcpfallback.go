@@ -148,18 +148,32 @@ type Handler = func(ctx context.Context, peer string, req []byte) ([]byte, error
 // RemoteError is an error returned by a peer's handler. When the handler
 // returned a syscall.Errno (possibly wrapped), Errno carries its number and
 // Unwrap returns it, so callers can errors.Is(err, syscall.ENOENT) without
-// knowing this package.
+// knowing this package. A handler that failed with context.DeadlineExceeded
+// or context.Canceled (the caller's propagated deadline or cancel) unwraps
+// to that error, so a caller sees the same error whichever side's timer
+// fired first.
 type RemoteError struct {
 	Errno   uint32
 	Message string
 }
 
+// Reserved error codes beyond the errno range for the context errors.
+const (
+	codeDeadline = 1<<31 | 1
+	codeCanceled = 1<<31 | 2
+)
+
 func (e *RemoteError) Error() string { return "remote: " + e.Message }
 
-// Unwrap returns the errno, or nil.
+// Unwrap returns the errno or context error, or nil.
 func (e *RemoteError) Unwrap() error {
-	if e.Errno == 0 {
+	switch e.Errno {
+	case 0:
 		return nil
+	case codeDeadline:
+		return context.DeadlineExceeded
+	case codeCanceled:
+		return context.Canceled
 	}
 	return syscall.Errno(e.Errno)
 }
@@ -430,12 +444,12 @@ func outcome(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
-	case errors.As(err, &re):
-		return "remote_error"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "deadline"
+	case errors.As(err, &re):
+		return "remote_error"
 	case errors.Is(err, ErrClosed):
 		return "closed"
 	case errors.Is(err, errConnLost):

@@ -28,6 +28,7 @@ const (
 	opPanic  = 0x0104
 	opSized  = 0x0105 // responds with as many bytes as the request says
 	opCount  = 0x0106
+	opCtxErr = 0x0107 // fails with a wrapped context.DeadlineExceeded
 	opUnused = 0x01ff
 )
 
@@ -68,6 +69,9 @@ func registerBasic(tr *Transport) {
 	})
 	tr.Handle(opPanic, func(context.Context, string, []byte) ([]byte, error) {
 		panic("boom")
+	})
+	tr.Handle(opCtxErr, func(context.Context, string, []byte) ([]byte, error) {
+		return nil, fmt.Errorf("wait for fill: %w", context.DeadlineExceeded)
 	})
 }
 
@@ -134,6 +138,7 @@ func TestCallResponse(t *testing.T) {
 		want    []byte
 		wantErr string
 		errno   syscall.Errno
+		is      error // the remote error must unwrap to it
 	}{
 		{name: "empty", op: opEcho, req: nil, want: []byte{}},
 		{name: "small", op: opEcho, req: []byte("hello"), want: []byte("hello")},
@@ -142,6 +147,7 @@ func TestCallResponse(t *testing.T) {
 		{name: "errno", op: opErrno, wantErr: "lookup x: no such file or directory", errno: syscall.ENOENT},
 		{name: "unknown op", op: opUnused, wantErr: "unknown op 0x01ff"},
 		{name: "panic", op: opPanic, wantErr: "panicked: boom"},
+		{name: "context error", op: opCtxErr, wantErr: "wait for fill: context deadline exceeded", is: context.DeadlineExceeded},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -156,6 +162,12 @@ func TestCallResponse(t *testing.T) {
 				}
 				if tc.errno != 0 && (!errors.Is(err, tc.errno) || re.Errno != uint32(tc.errno)) {
 					t.Fatalf("err %v does not carry errno %v", err, tc.errno)
+				}
+				if tc.is != nil && !errors.Is(err, tc.is) {
+					t.Fatalf("err %v does not unwrap to %v", err, tc.is)
+				}
+				if tc.is == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+					t.Fatalf("err %v unwraps to a context error", err)
 				}
 				return
 			}
