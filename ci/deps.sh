@@ -59,3 +59,6 @@ GO="$GO" ./ci/install-versitygw.sh
 
 say "cluster test tools (nftables, iproute2, nsenter): ci/cluster-deps.sh"
 ./ci/cluster-deps.sh
+
+say "S3 and KV clients (awscli, etcd-client, etcd-server, curl): ci/client-deps.sh"
+./ci/client-deps.sh
