@@ -79,6 +79,8 @@ type serveConfig struct {
 	Cluster clusterConfig
 	// Transport is --transport, the neighbor page transport (cache_cmd.go).
 	Transport string
+	// Interfaces holds the S3 and KV interface flags (interfaces.go).
+	Interfaces ifaceConfig
 }
 
 // metaDir is where the metadata service keeps Raft and Badger.
@@ -142,6 +144,7 @@ func addServeFlags(fs *pflag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.CachePolicy, "cache-policy", defaultCachePolicy, "eviction policy of the memory and NVMe cache tiers: "+strings.Join(cache.PolicyNames(), ", ")+" (auto: scan-resistant, sequential reads do not flush the random working set)")
 	addClusterFlags(fs, &c.Cluster)
 	addTransportFlag(fs, &c.Transport)
+	addInterfaceFlags(fs, &c.Interfaces)
 }
 
 // envName returns the environment variable of a flag: data-dir ->
@@ -240,6 +243,9 @@ func (c *serveConfig) validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return fmt.Errorf("--metrics %q: want host:port, such as 127.0.0.1:9100: %w", c.MetricsAddr, err)
 		}
+	}
+	if err := c.Interfaces.validate(); err != nil {
+		return err
 	}
 	return c.validateCache()
 }

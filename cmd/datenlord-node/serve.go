@@ -321,6 +321,19 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		return nil
 	})
 
+	// The S3 gateway and the KV server (interfaces.go) serve from the
+	// metadata, the cache, the store and the mount; they stop before the
+	// unmount flushes, so no request is half served after it.
+	stopIfaces, err := startInterfaces(ctx, cfg.Interfaces, ifaceDeps{
+		Meta: md, Cache: c, Store: st, FS: fsys, Transport: nodeTr, NodeID: cfg.Cluster.NodeID,
+		Registerer: reg, Logger: logger,
+	})
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	stopIfaces = sync.OnceValue(stopIfaces)
+	cl.push("client interfaces", stopIfaces)
+
 	unmounted := make(chan struct{})
 	go func() {
 		fsys.Wait()
@@ -341,6 +354,9 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 	case <-ctx.Done():
 		if ops != nil {
 			ops.SetReady(false)
+		}
+		if err := stopIfaces(); err != nil {
+			logger.Error("stop client interfaces", "err", err)
 		}
 		logger.Info("flushing and unmounting", "mount", cfg.Mount, "timeout", cfg.ShutdownTimeout)
 		if err := unmount(); err != nil {
