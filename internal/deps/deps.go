@@ -22,10 +22,10 @@ import (
 	_ "go.etcd.io/etcd/api/v3/mvccpb"
 	_ "go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	_ "go.etcd.io/etcd/client/v3"
-	_ "google.golang.org/grpc"
-	_ "google.golang.org/grpc/credentials"
 	_ "golang.org/x/sys/unix"
 	_ "gonum.org/v1/plot"
 	_ "gonum.org/v1/plot/plotter"
 	_ "gonum.org/v1/plot/vg"
+	_ "google.golang.org/grpc"
+	_ "google.golang.org/grpc/credentials"
 )
