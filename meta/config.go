@@ -57,6 +57,12 @@ type Config struct {
 	// they changed, on every node (see Change). It runs on the state
 	// machine goroutine: it must be cheap and must not block.
 	OnChange func(origin string, changes []Change)
+	// KV is the KV machine: a deterministic state machine in its own
+	// keyspace of the replicated state, fed by ApplyKV (see KVMachine).
+	// Every node of a cluster must configure the same machine: a node
+	// without one applies KV commands as failures and its KV keyspace
+	// diverges (nil: ApplyKV and ViewKV fail).
+	KV KVMachine
 	// RetryTimeout bounds how long a write or a linearizable read waits
 	// for a leader (elections, partitions) when ctx has no earlier
 	// deadline (0: 30s). Within it callers see a pause, not an error.

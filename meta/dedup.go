@@ -61,12 +61,14 @@ type wireResult struct {
 	Ino   Ino    `json:"i,omitempty"`
 	N     uint64 `json:"n,omitempty"`
 	Errno uint32 `json:"e,omitempty"`
+	// Data is the KV machine's response of an opKV command.
+	Data []byte `json:"d,omitempty"`
 	// Err is an internal (non-POSIX) failure; it is never recorded.
 	Err string `json:"err,omitempty"`
 }
 
 func encodeResult(r *applyResult) ([]byte, error) {
-	w := wireResult{Attr: r.attr, Attr2: r.attr2, Ino: r.ino, N: r.n}
+	w := wireResult{Attr: r.attr, Attr2: r.attr2, Ino: r.ino, N: r.n, Data: r.data}
 	var errno syscall.Errno
 	switch {
 	case r.err == nil:
@@ -87,7 +89,7 @@ func decodeResult(b []byte) (*applyResult, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return nil, fmt.Errorf("meta: decode result: %w", err)
 	}
-	r := &applyResult{attr: w.Attr, attr2: w.Attr2, ino: w.Ino, n: w.N}
+	r := &applyResult{attr: w.Attr, attr2: w.Attr2, ino: w.Ino, n: w.N, data: w.Data}
 	switch {
 	case w.Errno != 0:
 		r.err = syscall.Errno(w.Errno)

@@ -20,6 +20,7 @@ const (
 	prefixGarbID  = 'G' // G id -> freedAt, to forget by id
 	prefixDedup   = 'r' // r origin 0x00 seq -> index u64, result
 	prefixExpiry  = 'e' // e index origin 0x00 seq -> (empty), oldest first
+	prefixKV      = 'k' // k key -> the KV machine's own keyspace (kv.go)
 	keyCounters   = "mcounters"
 )
 
@@ -167,6 +168,7 @@ const (
 	opForgetGarbage
 	opSetXattr
 	opRemoveXattr
+	opKV  // an opaque request of the KV machine in Value (kv.go)
 	opMax // not a command; the upper bound
 )
 

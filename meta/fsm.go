@@ -41,6 +41,8 @@ type fsm struct {
 
 	// onChange receives what applied commands changed (nil: nobody).
 	onChange func(origin string, changes []Change)
+	// kv is the KV machine (nil: none); see kv.go.
+	kv KVMachine
 
 	// mu guards cnt and failed. Raft calls Apply, ApplyBatch, Snapshot and
 	// Restore from one goroutine; mu only orders them against readers.
@@ -129,7 +131,8 @@ type applyResult struct {
 	attr2 Attr // the replaced inode of a rename
 	ino   Ino
 	n     uint64
-	err   error // a syscall.Errno, or an internal error
+	data  []byte // the KV machine's response (opKV)
+	err   error  // a syscall.Errno, or an internal error
 }
 
 // Apply applies one committed log entry.
@@ -194,6 +197,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.cnt = b.cnt
 	f.applied.Store(b.cnt.Applied)
 	f.advance(last)
+	if f.kv != nil && b.kvApplied {
+		f.kv.Committed()
+	}
 	if f.onChange != nil {
 		for _, cs := range b.changes {
 			if len(cs.changes) > 0 {
@@ -217,6 +223,8 @@ type batch struct {
 	// changes are the effects of the batch's commands, collected only
 	// when the state machine has a subscriber.
 	changes []changeSet
+	// kvApplied is set when a KV command ran in the batch.
+	kvApplied bool
 }
 
 // apply runs one command. A POSIX error leaves no trace but the applied
@@ -340,7 +348,13 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.failed = nil
 	f.mu.Unlock()
-	return f.loadCounters()
+	if err := f.loadCounters(); err != nil {
+		return err
+	}
+	if f.kv != nil {
+		f.kv.Committed()
+	}
+	return nil
 }
 
 type fsmSnapshot struct {

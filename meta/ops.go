@@ -264,6 +264,8 @@ func (a *applyCtx) run(c *command) (*applyResult, error) {
 		err = a.setXattr(c)
 	case opRemoveXattr:
 		err = a.removeXattr(c)
+	case opKV:
+		res.data, err = a.applyKV(c)
 	default:
 		err = syscall.EINVAL
 	}

@@ -116,6 +116,7 @@ func (s *Service) open(ctx context.Context) error {
 		return err
 	}
 	s.fsm.onChange = cfg.OnChange
+	s.fsm.kv = cfg.KV
 	hlog := newRaftLogger(cfg.Logger)
 	if s.snapshots, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog); err != nil {
 		return fmt.Errorf("meta: open snapshot store: %w", err)

@@ -32,6 +32,9 @@ type Options struct {
 	// Metrics gives each node a --metrics address (in namespace mode it is
 	// reachable only inside the node's namespace).
 	Metrics bool
+	// KV gives each node a --kv-listen address (see [Node.KVAddr]; in
+	// namespace mode it is reachable only inside the node's namespace).
+	KV bool
 	// Args are extra serve flags for every node, such as
 	// "--attr-timeout", "0".
 	Args []string
@@ -71,6 +74,9 @@ const nodeListenPort = 7410
 
 // metricsPort is the --metrics port of every node in namespace mode.
 const metricsPort = 9410
+
+// kvPort is the --kv-listen port of every node in namespace mode.
+const kvPort = 2379
 
 // New starts a cluster, waits until every node is mounted and (unless
 // Standalone) all nodes agree on a leader, and registers the teardown with
@@ -146,10 +152,16 @@ func New(t testing.TB, opts Options) *Cluster {
 			if opts.Metrics {
 				n.metrics = net.JoinHostPort(c.net.addrs[i], fmt.Sprint(metricsPort))
 			}
+			if opts.KV {
+				n.kv = net.JoinHostPort(c.net.addrs[i], fmt.Sprint(kvPort))
+			}
 		} else {
 			n.addr = freeLoopbackAddr(t)
 			if opts.Metrics {
 				n.metrics = freeLoopbackAddr(t)
+			}
+			if opts.KV {
+				n.kv = freeLoopbackAddr(t)
 			}
 		}
 		peers = append(peers, id+"="+n.addr)

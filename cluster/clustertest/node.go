@@ -20,6 +20,7 @@ type Node struct {
 	id      string
 	addr    string // node RPC address, host:port
 	metrics string // /metrics address, or ""
+	kv      string // --kv-listen address, or ""
 	netns   string // network namespace name, or "" on loopback
 	dataDir string
 	mount   string
@@ -47,6 +48,9 @@ func (n *Node) Addr() string { return n.addr }
 // MetricsAddr is the node's --metrics address, or "" without
 // [Options.Metrics].
 func (n *Node) MetricsAddr() string { return n.metrics }
+
+// KVAddr is the node's --kv-listen address, or "" without [Options.KV].
+func (n *Node) KVAddr() string { return n.kv }
 
 // Mountpoint is the directory the node mounts the file system on.
 func (n *Node) Mountpoint() string { return n.mount }
@@ -97,6 +101,9 @@ func (n *Node) serveArgs() []string {
 	}
 	if n.metrics != "" {
 		args = append(args, "--metrics", n.metrics)
+	}
+	if n.kv != "" {
+		args = append(args, "--kv-listen", n.kv)
 	}
 	return append(args, n.c.opts.Args...)
 }

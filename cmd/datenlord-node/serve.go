@@ -17,6 +17,7 @@ import (
 	"github.com/datenlord/datenlord-go/cache"
 	"github.com/datenlord/datenlord-go/fs"
 	"github.com/datenlord/datenlord-go/gc"
+	"github.com/datenlord/datenlord-go/kv"
 	"github.com/datenlord/datenlord-go/meta"
 	"github.com/datenlord/datenlord-go/store"
 	"github.com/datenlord/datenlord-go/tcpfallback"
@@ -228,6 +229,7 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 		Join:      cfg.Cluster.Join,
 		Voter:     cfg.Cluster.Voter,
 		OnChange:  onChange,
+		KV:        kv.NewMachine(), // always: the KV keyspace is replicated whether or not --kv-listen serves it
 	})
 	if errors.Is(err, meta.ErrDataDirInUse) {
 		return errDataDirInUse(cfg.DataDir, 0)
