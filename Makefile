@@ -22,8 +22,13 @@ ARGS     ?=
 # extra bench tiers flags, e.g. TIERSFLAGS='--duration 1s'.
 BENCHFLAGS ?=
 TIERSFLAGS ?=
+# make bench-rdma: bench tiers flags for the soft-RoCE guest, an emulator
+# (TCG) on a shared machine: short phases, a small working set.
+RDMA_TIERSFLAGS ?= --duration 100ms --iterations 2000 --working-set 4MiB --parallel 2
+RDMA_BENCH = /test/datenlord-node bench tiers --local --no-s3 --dir /var/tmp $(RDMA_TIERSFLAGS) \
+	--json /test/out/tiers-rdma.json --plot /test/out/tiers-rdma.svg 2>&1 | tee /test/out/tiers-rdma.txt
 
-.PHONY: deps build run test test-rdma bench clean
+.PHONY: deps build run test test-rdma bench bench-rdma clean
 
 deps:
 	@echo "==> deps: installing missing system packages (fuse3, util-linux, gcc, ca-certificates), checking /dev/fuse, downloading Go modules, installing versitygw"
@@ -54,6 +59,11 @@ bench: deps build
 	./$(BIN) bench tiers --local --json bench/results/tiers.json --plot bench/results/tiers.svg $(TIERSFLAGS) 2>&1 | tee bench/results/tiers.txt
 	./$(BIN) bench cache --json bench/results/cache.json 2>&1 | tee bench/results/cache.txt
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) ./bench/... 2>&1 | tee bench/results/bench-$$(date -u +%Y%m%dT%H%M%SZ).txt
+
+bench-rdma:
+	@echo "==> bench-rdma: bench tiers --local inside the soft-RoCE qemu guest (ci/rxe-run.sh), adding neighbor/rdma and its ib_read_lat baseline -> bench/results/tiers-rdma.{txt,json,svg}"
+	@mkdir -p bench/results
+	RXE_TIMEOUT=$${RXE_TIMEOUT:-900} RXE_MEM=$${RXE_MEM:-2048} RXE_OUT=$(CURDIR)/bench/results ./ci/rxe-run.sh -- sh -c 'set -o pipefail; $(RDMA_BENCH)'
 
 clean:
 	@echo "==> clean: removing bin/, ci/out/ and the test cache"

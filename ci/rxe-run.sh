@@ -7,12 +7,20 @@
 #        ci/rxe-run.sh -- CMD...  run CMD in the guest instead (a path under
 #                                 /test, e.g. "/test/rdma.test -test.run Verbs")
 #
+# When CMD names /test/datenlord-node, the node binary (built with cgo) is
+# put there too (e.g. `-- /test/datenlord-node bench tiers --local`; make
+# bench-rdma). Files the guest leaves in /test/out are copied out of the
+# guest (printed base64 between RXE-FILE markers on the console) into
+# $RXE_OUT (ci/out/rxe/files).
+#
 # What it does:
 #  1. ci/rdma-deps.sh: apt-installs what is missing (qemu-system-x86,
 #     busybox-static, ibverbs-providers, ibverbs-utils, perftest, cpio, kmod,
 #     iproute2, libibverbs-dev).
-#  2. go test -c: ci/out/rxe/rdma.test (./rdma/) and rdmaslot.test
-#     (./rdma/rdmaslot/: two cache nodes over tcpfallback + RDMA READs).
+#  2. go test -c: ci/out/rxe/rdma.test (./rdma/), rdmaslot.test
+#     (./rdma/rdmaslot/: two cache nodes over tcpfallback + RDMA READs) and
+#     rdmabench.test (./rdma/rdmabench/: the bench tiers RDMA rows); with
+#     CMD naming it, datenlord-node (go build ./cmd/datenlord-node).
 #  3. Fetches the kernel package linux-image-amd64 depends on, once, into
 #     $RXE_CACHE (git-ignored ci/out/rxe-cache): vmlinuz and the modules
 #     rdma_rxe needs are kept (~11 MB), the package is deleted.
@@ -26,8 +34,8 @@
 #     and exits with the guest's status (124: timeout, 125: no result).
 #
 # Environment: RXE_CACHE (ci/out/rxe-cache), RXE_TIMEOUT (300 s), RXE_MEM
-# (1024 MiB), RXE_SMP (2), GO (go). The console log is kept in
-# ci/out/rxe/console.log. Pitfalls this script handles are in the comments
+# (1024 MiB), RXE_SMP (2), RXE_OUT (ci/out/rxe/files), GO (go). The console
+# log is kept in ci/out/rxe/console.log. Pitfalls this script handles are in the comments
 # (crc32_generic, the dlopen()ed provider, busybox applets shadowing
 # iproute2, the /tmp tmpfs, IPv4-mapped GIDs, no terminal in CI).
 set -euo pipefail
@@ -37,6 +45,7 @@ GO=${GO:-go}
 CACHE=${RXE_CACHE:-$REPO/ci/out/rxe-cache}
 OUTDIR=$REPO/ci/out/rxe
 TIMEOUT=${RXE_TIMEOUT:-300}
+FILES=${RXE_OUT:-$OUTDIR/files}
 MEM=${RXE_MEM:-1024}
 SMP=${RXE_SMP:-2}
 log() { echo "[rxe +${SECONDS}s] $*" >&2; }
@@ -46,6 +55,10 @@ if [ "${1:-}" = -- ]; then
 	shift
 	CMD=("$@")
 fi
+WITH_NODE=""
+for a in "${CMD[@]}"; do
+	case $a in *datenlord-node*) WITH_NODE=1 ;; esac
+done
 
 # ---- 1. packages ------------------------------------------------------------
 ./ci/rdma-deps.sh
@@ -54,8 +67,16 @@ fi
 mkdir -p "$OUTDIR" "$CACHE"
 log "building test binaries"
 CGO_ENABLED=1 "$GO" test -c -o "$OUTDIR/rdma.test" ./rdma/
-if [ -d rdma/rdmaslot ]; then
-	CGO_ENABLED=1 "$GO" test -c -o "$OUTDIR/rdmaslot.test" ./rdma/rdmaslot/
+for p in rdmaslot rdmabench; do
+	rm -f "$OUTDIR/$p.test"
+	if [ -d "rdma/$p" ]; then
+		CGO_ENABLED=1 "$GO" test -c -o "$OUTDIR/$p.test" "./rdma/$p/"
+	fi
+done
+rm -f "$OUTDIR/datenlord-node"
+if [ -n "$WITH_NODE" ]; then
+	log "building datenlord-node (cgo)"
+	CGO_ENABLED=1 "$GO" build -o "$OUTDIR/datenlord-node" ./cmd/datenlord-node
 fi
 
 # ---- 3. kernel --------------------------------------------------------------
@@ -123,7 +144,9 @@ for b in /usr/bin/ip /usr/bin/rdma /usr/bin/ibv_devinfo /usr/bin/ib_read_lat /us
 done
 cp /etc/libibverbs.d/rxe.driver "$ROOT/etc/libibverbs.d/"
 put "$OUTDIR/rdma.test" /test/rdma.test
-[ -f "$OUTDIR/rdmaslot.test" ] && put "$OUTDIR/rdmaslot.test" /test/rdmaslot.test
+for b in rdmaslot.test rdmabench.test datenlord-node; do
+	if [ -f "$OUTDIR/$b" ]; then put "$OUTDIR/$b" "/test/$b"; fi
+done
 : > "$ROOT/modules.order"
 while read -r m; do
 	cp "$MODDIR/$m" "$ROOT/lib/modules/"
@@ -137,6 +160,7 @@ cat > "$ROOT/test/run.sh" <<'EOF'
 export DATENLORD_RDMA_REQUIRED=1 GOMAXPROCS=2
 ulimit -l unlimited
 cd /test
+mkdir -p /test/out
 rc=0
 # the IPv4-mapped GID of 127.0.0.1 (::ffff:7f00:1): what RoCE v2 on lo routes by
 gidx=""
@@ -156,8 +180,17 @@ if [ "$#" -gt 0 ]; then
 	"$@" || rc=$?
 else
 	/test/rdma.test -test.v -test.count=1 -test.timeout 120s || rc=$?
-	[ -x /test/rdmaslot.test ] && { /test/rdmaslot.test -test.v -test.count=1 -test.timeout 120s || rc=$?; }
+	for t in rdmaslot.test rdmabench.test; do
+		if [ -x /test/$t ]; then /test/$t -test.v -test.count=1 -test.timeout 120s || rc=$?; fi
+	done
 fi
+# files for the host: base64 between markers on the console
+for f in /test/out/*; do
+	[ -f "$f" ] || continue
+	echo "RXE-FILE-BEGIN ${f##*/}"
+	base64 "$f"
+	echo "RXE-FILE-END"
+done
 exit $rc
 EOF
 {
@@ -215,6 +248,20 @@ rc=$(sed -n 's/^RXE-EXIT=\([0-9]*\).*/\1/p' "$CONSOLE" | tail -1)
 if [ -z "$rc" ]; then
 	log "the guest ended without a test result (qemu exit $qrc)"
 	exit 125
+fi
+# files the guest left in /test/out
+if grep -q '^RXE-FILE-BEGIN ' "$CONSOLE"; then
+	mkdir -p "$FILES"
+	awk -v dir="$FILES" '
+/^RXE-FILE-BEGIN / { name = $2; gsub(/[^A-Za-z0-9._-]/, "_", name); out = dir "/" name ".b64"; printf "" > out; next }
+/^RXE-FILE-END/    { if (out != "") close(out); out = ""; next }
+out != ""          { print > out }
+' "$CONSOLE"
+	for b in "$FILES"/*.b64; do
+		[ -f "$b" ] || continue
+		base64 -d -i "$b" > "${b%.b64}" && rm -f "$b"
+		log "copied out of the guest: ${b%.b64}"
+	done
 fi
 echo "== RDMA READ latency in this guest run (TCG soft-RoCE: compare ratios, not absolute values)"
 awk '

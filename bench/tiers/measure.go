@@ -178,3 +178,13 @@ func pick(i, n int) int {
 	x ^= x >> 29
 	return int(x % uint64(n))
 }
+
+// setMeasurement fills the row from a measurement made outside this
+// package.
+func (row *Row) setMeasurement(m Measurement) {
+	row.Samples = m.Samples
+	row.MinUS, row.P1US, row.P50US, row.P90US = m.MinUS, m.P1US, m.P50US, m.P90US
+	row.P99US, row.P999US, row.MaxUS, row.MeanUS = m.P99US, m.P999US, m.MaxUS, m.MeanUS
+	row.MBps = m.MBps
+	row.Command, row.Note = m.Command, m.Note
+}

@@ -8,8 +8,9 @@
 //	disk/psync           DiskTier.Get with the pread engine             raw pread O_DIRECT reads of the same pages.dat
 //	neighbor/tcp         NeighborTier.GetSized from a second in-process node over tcpfallback on 127.0.0.1
 //	                                                                    a raw Go TCP ping-pong of the same size
-//	neighbor/rdma        hook only (Config.RDMA); skipped without an RDMA device
-//	                                                                    ib_read_lat (perftest)
+//	neighbor/rdma        NeighborTier.GetSized as for neighbor/tcp, the page read from the owner's arena by one-sided RDMA READ
+//	                     (Config.RDMA; skipped without an RDMA device)  ib_read_lat (perftest) on the same device,
+//	                                                                    and rdma-read: one QP.Read of header+page
 //	store/file           store ReadAt of a page of a block in a local directory store
 //	                                                                    a raw pread of the same block file
 //	store/s3             store ReadAt (ranged GET) from S3 (versitygw)  a raw aws-sdk GetObject of the same range
@@ -32,6 +33,9 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/tcpfallback"
 )
 
 // Row kinds.
@@ -56,6 +60,7 @@ const (
 	BaseFio       = "fio-uring"
 	BaseTCP       = "tcp-pingpong"
 	BaseIBReadLat = "ib_read_lat"
+	BaseRDMARead  = "rdma-read"
 	BaseFilePread = "file-pread"
 	BaseS3Get     = "aws-sdk-get"
 )
@@ -104,15 +109,71 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// RDMAHook is the seam for the RDMA rows: Available reports whether this
-// host can measure them (a reason when not), and Setup returns the
-// workloads of the neighbor tier over RDMA and of the ib_read_lat
-// baseline for one page size, with a cleanup. The rdma package provides
-// it; without one the rows say "skipped".
+// RDMAHook is the seam for the RDMA rows (the verbs code needs cgo; this
+// package does not). The rdma/rdmabench package implements it.
+//
+// The neighbor/rdma row is the neighbor/tcp setup (two in-process cache
+// nodes over tcpfallback on 127.0.0.1) with each node's transport wrapped
+// by Attach, as the node does in production: the reader's NeighborTier
+// then reads the owner's arena slots with one-sided RDMA READs. The
+// ib_read_lat row is measured outside the Workload loop by Baseline.
 type RDMAHook interface {
+	// Available reports whether this host can measure the RDMA rows (a
+	// reason when not: no device, no RDMA in this build).
 	Available() (ok bool, reason string)
-	Setup(ctx context.Context, pageSize int) (tier, baseline Workload, cleanup func(), err error)
+	// Attach gives one in-process node one-sided slot reads over its
+	// transport node.
+	Attach(ctx context.Context, node *tcpfallback.Transport, pageSize int) (RDMANode, error)
+	// Baseline measures raw RDMA READs of pageSize bytes on the same
+	// device (perftest's ib_read_lat) within b. An error made by Skip
+	// marks the row skipped.
+	Baseline(ctx context.Context, pageSize int, b Bounds) (Measurement, error)
+	// RawRead returns the second baseline, the verbs layer without the
+	// tier: one READ of what the tier READs (slot header and page)
+	// through the project's rdma package on a QP pair of its own.
+	RawRead(ctx context.Context, pageSize int) (wl Workload, cleanup func(), err error)
 }
+
+// RDMANode is the RDMA side of one in-process node.
+type RDMANode interface {
+	// Transport is the node transport with one-sided slot reads (a
+	// cache.SlotReader), for NeighborConfig.Transport.
+	Transport() cache.NeighborTransport
+	// Serve answers peers' RDMA connect and segment requests from c's
+	// memory arena.
+	Serve(c *cache.Cache)
+	// Reads counts the one-sided READs that completed and that failed
+	// (the neighbor tier then read over TCP).
+	Reads() (ok, failed uint64)
+	// Close destroys the node's QPs and memory registrations.
+	Close() error
+}
+
+// Bounds are the bounds of one row's latency phase, for measurements made
+// outside this package.
+type Bounds struct {
+	Duration   time.Duration
+	Iterations int
+	MinSamples int
+}
+
+// Measurement is a latency distribution measured outside this package
+// (by an external tool); latencies in microseconds, zero when unknown.
+type Measurement struct {
+	Samples                                         int
+	MinUS, P1US, P50US, P90US, P99US, P999US, MaxUS float64
+	MeanUS                                          float64
+	// MBps is the throughput in 10^6 bytes per second (0: not measured).
+	MBps float64
+	// Command is the command line that measured it; Note what the
+	// figures are.
+	Command string
+	Note    string
+}
+
+// Skip returns an error that marks a row (or a group's rows) skipped for
+// reason, for hooks that find they cannot measure on this host.
+func Skip(reason string) error { return &skipError{reason: reason} }
 
 // Row is one measured (or skipped) tier or baseline at one page size.
 // Latencies are in microseconds; MBps is 10^6 bytes per second.
@@ -139,6 +200,9 @@ type Row struct {
 	MBpsRatio float64 `json:"ratio_mb_per_s,omitempty"`
 	Skipped   string  `json:"skipped,omitempty"`
 	Note      string  `json:"note,omitempty"`
+	// Command is the external tool's command line, for rows measured by
+	// one (ib_read_lat).
+	Command string `json:"command,omitempty"`
 
 	lat []time.Duration // sorted samples, for the plot
 }
@@ -385,6 +449,10 @@ func noteOf(tier string) string {
 		return "DiskTier.Get: one O_DIRECT pread of the page + CRC-32C"
 	case TierNeighborTCP:
 		return "NeighborTier.GetSized from the owner's memory over tcpfallback (auth, frames, CRCs) on 127.0.0.1"
+	case TierNeighborRDMA:
+		return "NeighborTier.GetSized at a cached slot location: one RDMA READ of header+page (rdmaslot), slot check, CRC-32C, copy"
+	case BaseRDMARead:
+		return "rdma QP.Read of header+page into a registered buffer on a QP pair of its own (the Go verbs layer without the tier)"
 	case TierStoreFile:
 		return "LocalStore.ReadAt of a page of a block (warm OS page cache)"
 	case TierStoreS3:

@@ -24,7 +24,7 @@ func TestRunTiny(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{TierMemory, BaseMemcpy, TierDiskUring, BaseRawUring, BaseFio, TierDiskPsync, BaseRawPsync,
-		TierNeighborTCP, BaseTCP, TierNeighborRDMA, BaseIBReadLat, TierStoreFile, BaseFilePread, TierStoreS3, BaseS3Get} {
+		TierNeighborTCP, BaseTCP, TierNeighborRDMA, BaseIBReadLat, BaseRDMARead, TierStoreFile, BaseFilePread, TierStoreS3, BaseS3Get} {
 		row, ok := rep.Find(name, 4096)
 		if !ok {
 			t.Errorf("no row for %s", name)

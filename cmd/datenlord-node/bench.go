@@ -20,6 +20,7 @@ import (
 	"github.com/datenlord/datenlord-go/bench/tiers"
 	"github.com/datenlord/datenlord-go/cache"
 	"github.com/datenlord/datenlord-go/cache/policysim"
+	"github.com/datenlord/datenlord-go/rdma/rdmabench"
 )
 
 // newBenchCmd returns `datenlord-node bench` with its subcommands.
@@ -111,6 +112,7 @@ func newBenchTiersCmd(s streams) *cobra.Command {
 		only               []string
 		jsonPath, plotPath string
 		logLevel           string
+		rdmaDevice         string
 	)
 	c := &cobra.Command{
 		Use:   "tiers --local",
@@ -123,7 +125,7 @@ cache, each next to its baseline measured in the same run:
   disk/uring     NVMe tier Get, io_uring engine        vs raw io_uring O_DIRECT reads of the same file (and fio)
   disk/psync     NVMe tier Get, pread engine           vs raw O_DIRECT pread of the same file
   neighbor/tcp   a second node's memory over TCP       vs a raw TCP ping-pong of the same size
-  neighbor/rdma  (where an RDMA device exists)         vs ib_read_lat
+  neighbor/rdma  the same, pages by one-sided RDMA READ  vs perftest's ib_read_lat on the same device
   store/file     local directory store ReadAt          vs pread of the same block file
   store/s3       S3 store ReadAt (ranged GET)          vs a raw aws-sdk GetObject of the same range
 
@@ -134,6 +136,12 @@ running deployment, point --dir at the node's cache device and --s3-url at its
 bucket (credentials from AWS_* as for serve); the neighbor rows always use two
 in-process nodes (a remote node's pages cannot be addressed without its
 metadata).
+
+The RDMA rows need a binary built with cgo (libibverbs), an RDMA device
+(mlx5, rxe, siw, ...) and, for the baseline, perftest's ib_read_lat in PATH;
+otherwise they say skipped and why. The device's RoCE v2 GID of 127.0.0.1
+is used when it has one (soft-RoCE bound to lo: make bench-rdma runs this in
+a qemu guest), else its first IPv4 GID.
 
 RATIO p50 is the tier's p50 over its baseline's: 1.00x means the tier costs no
 more than the raw mechanism underneath; 2x means it doubles it. Each phase is
@@ -162,10 +170,14 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 			ctx, cancel := signalContext(c.Context())
 			defer cancel()
 			progress, clear := progressLine(s.Stderr, "bench tiers")
+			logger := slog.New(slog.NewTextHandler(s.Stderr, &slog.HandlerOptions{Level: lvl}))
 			cfg := tiers.Config{
 				Sizes: sz, Duration: duration, Iterations: iterations, Parallel: parallel, WorkingSet: workingSet,
 				Dir: dir, S3URL: s3URL, NoS3: noS3, NoFio: noFio, Only: only, Progress: progress,
-				Logger: slog.New(slog.NewTextHandler(s.Stderr, &slog.HandlerOptions{Level: lvl})),
+				// The RDMA rows: real verbs where this binary has cgo
+				// and the host an RDMA device, else skipped with why.
+				RDMA:   rdmabench.New(rdmabench.Config{Device: rdmaDevice, Logger: logger}),
+				Logger: logger,
 			}
 			rep, err := tiers.Run(ctx, cfg)
 			clear()
@@ -205,6 +217,7 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 	f.StringVar(&jsonPath, "json", "", "write every row as JSON to FILE")
 	f.StringVar(&plotPath, "plot", "", "draw the latency distributions to FILE (.svg or .png)")
 	f.StringVar(&logLevel, "log-level", "warn", "log level of the measured components (debug, info, warn, error)")
+	f.StringVar(&rdmaDevice, "rdma-device", "", "RDMA device of the neighbor/rdma and ib_read_lat rows (default: the first)")
 	return c
 }
 

@@ -92,6 +92,7 @@ type Transport struct {
 
 	reads    atomic.Uint64
 	failures atomic.Uint64
+	connects atomic.Uint64
 
 	mu     sync.Mutex
 	peers  map[string]*peer // by address, reader side
@@ -285,6 +286,7 @@ func (t *Transport) connect(ctx context.Context, addr string, p *peer) error {
 		}
 		p.qp = qp
 		clear(p.segs) // a restarted owner has new regions
+		t.connects.Add(1)
 		return nil
 	}()
 	t.mu.Lock()
@@ -442,11 +444,14 @@ type Stats struct {
 	// Reads is the READs that completed; Failures those that did not
 	// (the neighbor tier then read over TCP).
 	Reads, Failures uint64
+	// Connects is the QPs set up to peers (reader side): one per peer,
+	// plus one per reconnection after a QP broke.
+	Connects uint64
 }
 
 // Stats returns the counts so far.
 func (t *Transport) Stats() Stats {
-	return Stats{Reads: t.reads.Load(), Failures: t.failures.Load()}
+	return Stats{Reads: t.reads.Load(), Failures: t.failures.Load(), Connects: t.connects.Load()}
 }
 
 // Connected reports whether a QP to addr is ready.
