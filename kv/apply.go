@@ -182,7 +182,9 @@ func (a *applier) event(ev *mvccpb.Event) {
 // finish prunes old events and writes the state.
 func (a *applier) finish() error {
 	target := a.st.compactTo
-	if a.st.rev > HistoryRevisions {
+	if a.st.rev > HistoryRevisions && a.st.rev-HistoryRevisions >= a.st.compactRev+pruneEvery {
+		// History is pruned automatically every pruneEvery revisions, so
+		// that most writes pay for no scan of the event log.
 		target = max(target, a.st.rev-HistoryRevisions)
 	}
 	if target > a.st.compactRev {
@@ -366,6 +368,64 @@ func checkTxn(t *pb.TxnRequest, depth int, ops *int) error {
 	}
 	return nil
 }
+
+// readOnlyTxn reports whether every operation of a Txn, in both branches
+// and nested Txns, is a Range: such a Txn changes nothing and is served
+// without Raft (Server.readTxn).
+func readOnlyTxn(t *pb.TxnRequest) bool {
+	for _, branch := range [][]*pb.RequestOp{t.Success, t.Failure} {
+		for _, op := range branch {
+			switch r := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+			case *pb.RequestOp_RequestTxn:
+				if r.RequestTxn == nil || !readOnlyTxn(r.RequestTxn) {
+					return false
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// serializableTxn reports whether every Range of a read-only Txn is
+// serializable (and it has at least one), as etcd serves such a Txn
+// without a ReadIndex.
+func serializableTxn(t *pb.TxnRequest) bool {
+	n := 0
+	var walk func(t *pb.TxnRequest) bool
+	walk = func(t *pb.TxnRequest) bool {
+		for _, branch := range [][]*pb.RequestOp{t.Success, t.Failure} {
+			for _, op := range branch {
+				switch r := op.Request.(type) {
+				case *pb.RequestOp_RequestRange:
+					if r.RequestRange == nil || !r.RequestRange.Serializable {
+						return false
+					}
+					n++
+				case *pb.RequestOp_RequestTxn:
+					if r.RequestTxn == nil || !walk(r.RequestTxn) {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	}
+	return walk(t) && n > 0
+}
+
+// roTxn is the KVTxn of a Txn evaluated outside Raft: reads go to
+// the reader; a write (there should be none) is dropped and remembered.
+type roTxn struct {
+	meta.KVReader
+	wrote bool
+}
+
+func (t *roTxn) Set(k, v []byte) { t.wrote = true }
+func (t *roTxn) Delete(k []byte) { t.wrote = true }
+func (t *roTxn) Discard()        {}
 
 func (a *applier) txn(t *pb.TxnRequest) (*pb.TxnResponse, error) {
 	ok := true

@@ -430,3 +430,77 @@ func FuzzApplyRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestReadOnlyTxn checks that a Txn that only reads is answered without
+// a Raft command, with the same results as through Raft.
+func TestReadOnlyTxn(t *testing.T) {
+	s, cli := startSingle(t, nil, "", "")
+	ctx := context.Background()
+	put, err := cli.Put(ctx, "x", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.svc.AppliedIndex()
+	r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("x"), "=", "1")).Then(
+		clientv3.OpGet("x"), clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpGet("nope")}, nil),
+	).Else(clientv3.OpGet("nope")).Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Succeeded || len(r.Responses) != 2 || kvs(r.Responses[0].GetResponseRange().Kvs) != "x=1" ||
+		r.Header.Revision != put.Header.Revision || r.Responses[1].GetResponseTxn() == nil {
+		t.Fatalf("read-only txn: %v", r)
+	}
+	r, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.Version("x"), ">", 1)).Else(clientv3.OpGet("x", clientv3.WithSerializable())).Commit()
+	if err != nil || r.Succeeded || kvs(r.Responses[0].GetResponseRange().Kvs) != "x=1" {
+		t.Fatalf("serializable read-only txn: %v, %v", r, err)
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpGet("x", clientv3.WithRev(put.Header.Revision+5))).Commit()
+	if err != rpctypes.ErrFutureRev {
+		t.Fatalf("read-only txn at a future revision: %v", err)
+	}
+	if after := s.svc.AppliedIndex(); after != before {
+		t.Fatalf("read-only Txns went through Raft: applied index %d -> %d", before, after)
+	}
+	// A Txn with a write still goes through Raft.
+	if _, err := cli.Txn(ctx).Then(clientv3.OpGet("x"), clientv3.OpPut("y", "2")).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if after := s.svc.AppliedIndex(); after == before {
+		t.Fatal("a Txn with a put did not go through Raft")
+	}
+}
+
+// TestHistoryPruning checks the automatic compaction of the event log:
+// it keeps HistoryRevisions revisions, pruned in steps of pruneEvery.
+func TestHistoryPruning(t *testing.T) {
+	m := NewMachine()
+	tx := &memTxn{m: map[string][]byte{}}
+	for i := range HistoryRevisions + 3*pruneEvery + 7 {
+		b, _ := proto.Marshal(&pb.InternalRaftRequest{Put: &pb.PutRequest{Key: []byte(fmt.Sprintf("k%d", i%10)), Value: []byte("v")}})
+		if resp, err := m.Apply(tx, b); err != nil || resp[0] != byte(codeOK) {
+			t.Fatalf("put %d: %v %v", i, resp, err)
+		}
+	}
+	st, err := loadState(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lo := st.rev - HistoryRevisions; st.compactRev > lo || st.compactRev+pruneEvery < lo {
+		t.Fatalf("rev %d: compacted to %d, want within %d below %d", st.rev, st.compactRev, pruneEvery, lo)
+	}
+	var first, n uint64
+	err = scanEvents(tx, 0, 0, func(rev uint64, _ *mvccpb.Event) error {
+		if first == 0 {
+			first = rev
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != st.compactRev+1 || n != st.rev-st.compactRev {
+		t.Fatalf("events: first %d, %d of them; state rev %d compacted %d", first, n, st.rev, st.compactRev)
+	}
+}

@@ -34,11 +34,16 @@ const (
 )
 
 // HistoryRevisions is how many revisions of events are kept for watches
-// and reads at past revisions; older ones are compacted automatically.
+// and reads at past revisions; older ones are compacted automatically
+// (in steps of pruneEvery revisions, so up to pruneEvery more are kept).
 const HistoryRevisions = 10000
 
 // prunePerApply bounds the event records one request deletes.
 const prunePerApply = 512
+
+// pruneEvery is how many revisions beyond HistoryRevisions accumulate
+// before a write prunes them (in one scan of up to prunePerApply events).
+const pruneEvery = 64
 
 // Limits of a request, checked deterministically at apply.
 const (

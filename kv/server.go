@@ -279,9 +279,44 @@ func (s *Server) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, 
 		}
 		return nil, err
 	}
+	if readOnlyTxn(req) {
+		return s.readTxn(ctx, req)
+	}
 	resp := &pb.TxnResponse{}
 	if err := s.write(ctx, &pb.InternalRaftRequest{Txn: req}, resp); err != nil {
 		return nil, err
+	}
+	s.fixTxnHeaders(resp)
+	return resp, nil
+}
+
+// readTxn evaluates a Txn that only reads (readOnlyTxn) on this node's
+// state, like Range: after a ReadIndex unless every Range in it is
+// serializable. It does not go through Raft.
+func (s *Server) readTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	var resp *pb.TxnResponse
+	err := s.svc.ViewKV(ctx, !serializableTxn(req), func(r meta.KVReader) error {
+		st, err := loadState(r)
+		if err != nil {
+			return err
+		}
+		ro := &roTxn{KVReader: r}
+		a := &applier{tx: ro, st: st}
+		if resp, err = a.txn(req); err != nil {
+			return err
+		}
+		if ro.wrote {
+			return errors.New("kv: a read-only Txn tried to write")
+		}
+		setHeaderRev(resp, int64(st.rev))
+		return nil
+	})
+	var ke *kvError
+	if errors.As(err, &ke) {
+		return nil, ke.code.grpc()
+	}
+	if err != nil {
+		return nil, toGRPC(err)
 	}
 	s.fixTxnHeaders(resp)
 	return resp, nil

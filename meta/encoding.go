@@ -168,15 +168,18 @@ const (
 	opForgetGarbage
 	opSetXattr
 	opRemoveXattr
-	opKV  // an opaque request of the KV machine in Value (kv.go)
-	opMax // not a command; the upper bound
+	opKV        // an opaque request of the KV machine in Value (kv.go)
+	opPutObject // create, fill and link a file in one command (objects.go)
+	opMax       // not a command; the upper bound
 )
 
 // commandVersion is the first byte of every encoded command.
 const commandVersion = 1
 
 // command is one Raft log entry: one metadata mutation. It is encoded as a
-// version byte followed by JSON; only the fields of its Op are set. Now is
+// version byte followed by JSON (commandVersion), except KV commands,
+// which have a binary encoding (commandVersionKV); only the fields of its
+// Op are set. Now is
 // the proposer's clock: the state machine never reads the clock itself.
 type command struct {
 	Op        op              `json:"op"`
@@ -203,9 +206,32 @@ type command struct {
 	// again; the first outcome is returned (see dedup.go).
 	Origin string `json:"o,omitempty"`
 	Seq    uint64 `json:"q,omitempty"`
+
+	// Put is the request of opPutObject (objects.go).
+	Put *PutObjectRequest `json:"po,omitempty"`
 }
 
+// commandVersionKV is the first byte of a KV command (opKV) in its binary
+// encoding: the KV interface's writes are the hot path and carry opaque
+// bytes, which JSON would base64. Layout after the version byte: Now i64,
+// Seq u64, len(Origin) uvarint, Origin, then the request (Value) to the
+// end. Other fields of an opKV command are not encoded.
+const commandVersionKV = 2
+
+// kvHeaderMax bounds the binary KV command header: version, Now, Seq and
+// a uvarint of the origin length.
+const kvHeaderMax = 1 + 8 + 8 + binary.MaxVarintLen64
+
 func encodeCommand(c *command) ([]byte, error) {
+	if c.Op == opKV {
+		b := make([]byte, 0, kvHeaderMax+len(c.Origin)+len(c.Value))
+		b = append(b, commandVersionKV)
+		b = binary.BigEndian.AppendUint64(b, uint64(c.Now))
+		b = binary.BigEndian.AppendUint64(b, c.Seq)
+		b = binary.AppendUvarint(b, uint64(len(c.Origin)))
+		b = append(b, c.Origin...)
+		return append(b, c.Value...), nil
+	}
 	j, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("encode command %d: %w", c.Op, err)
@@ -218,6 +244,9 @@ var errBadCommand = errors.New("malformed command")
 // decodeCommand decodes and checks the shape of a command. It never panics
 // on arbitrary input.
 func decodeCommand(b []byte) (*command, error) {
+	if len(b) > 0 && b[0] == commandVersionKV {
+		return decodeKVCommand(b)
+	}
 	if len(b) < 1 || b[0] != commandVersion {
 		return nil, fmt.Errorf("%w: unknown version", errBadCommand)
 	}
@@ -235,6 +264,27 @@ func decodeCommand(b []byte) (*command, error) {
 		return nil, fmt.Errorf("%w: op %d without its request", errBadCommand, c.Op)
 	}
 	return &c, nil
+}
+
+// decodeKVCommand decodes a binary KV command (commandVersionKV). Value
+// aliases b. It never panics on arbitrary input.
+func decodeKVCommand(b []byte) (*command, error) {
+	const fixed = 1 + 8 + 8
+	if len(b) < fixed {
+		return nil, fmt.Errorf("%w: short KV command (%d bytes)", errBadCommand, len(b))
+	}
+	c := &command{Op: opKV, Now: int64(binary.BigEndian.Uint64(b[1:])), Seq: binary.BigEndian.Uint64(b[9:])}
+	rest := b[fixed:]
+	n, w := binary.Uvarint(rest)
+	if w <= 0 || n > uint64(len(rest)-w) {
+		return nil, fmt.Errorf("%w: bad origin length in KV command", errBadCommand)
+	}
+	rest = rest[w:]
+	c.Origin = string(rest[:n])
+	if c.Value = rest[n:]; len(c.Value) == 0 {
+		c.Value = nil
+	}
+	return c, nil
 }
 
 func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }

@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -25,6 +26,22 @@ func FuzzDecodeCommand(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add([]byte{commandVersion, '{', '}'})
+	// KV commands (binary encoding), also truncated and with an origin
+	// length past the end.
+	for _, c := range []*command{
+		{Op: opKV, Value: []byte{0x0a, 0x03, 'k', 'e', 'y'}},
+		{Op: opKV, Origin: "node-1", Seq: 1 << 60, Now: -7, Value: make([]byte, 300)},
+		{Op: opKV, Origin: "n"},
+	} {
+		b, err := encodeCommand(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		f.Add(b[:len(b)/2])
+	}
+	f.Add([]byte{commandVersionKV, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Add([]byte{commandVersion, '{', '"', 'o', 'p', '"', ':', '1', '4', ',', '"', 'v', '"', ':', '"', 'A', 'A', '=', '=', '"', '}'})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := decodeCommand(b)
 		if err != nil {
@@ -33,8 +50,20 @@ func FuzzDecodeCommand(f *testing.F) {
 		if c.Op <= opInvalid || c.Op >= opMax {
 			t.Fatalf("decoded invalid op %d", c.Op)
 		}
-		if _, err := encodeCommand(c); err != nil {
+		enc, err := encodeCommand(c)
+		if err != nil {
 			t.Fatalf("re-encode: %v", err)
+		}
+		if c.Op == opKV {
+			// A KV command survives a round trip whichever encoding it
+			// came in.
+			d, err := decodeCommand(enc)
+			if err != nil {
+				t.Fatalf("decode re-encoded KV command: %v", err)
+			}
+			if d.Origin != c.Origin || d.Seq != c.Seq || d.Now != c.Now || !bytes.Equal(d.Value, c.Value) {
+				t.Fatalf("KV command round trip: %+v != %+v", d, c)
+			}
 		}
 	})
 }

@@ -133,8 +133,13 @@ func (t *kvTxn) Scan(start, end []byte, fn func(k, v []byte) error) error {
 		}
 	}
 	sort.Strings(pend)
+	// Values are read only for keys in range (no prefetch: a bounded
+	// scan must not read ahead past its end), and the iterator is
+	// limited to the range's common prefix so that tables outside it
+	// are skipped.
 	opts := badger.DefaultIteratorOptions
-	opts.Prefix = []byte{prefixKV}
+	opts.PrefetchValues = false
+	opts.Prefix = commonPrefix(lo, hi)
 	it := t.a.txn.NewIterator(opts)
 	defer it.Close()
 	emitPending := func(k string) error {
@@ -185,6 +190,18 @@ func (t *kvTxn) Scan(start, end []byte, fn func(k, v []byte) error) error {
 	}
 }
 
+// commonPrefix returns the iterator prefix of the KV scan [lo, hi) (lo
+// from kvKey, hi from kvEnd): their longest common prefix, which every
+// key in the range has, and at least prefixKV.
+func commonPrefix(lo, hi []byte) []byte {
+	n := 0
+	for n < len(lo) && n < len(hi) && lo[n] == hi[n] {
+		n++
+	}
+	n = max(n, 1) // lo starts with prefixKV
+	return lo[:n:n]
+}
+
 // kvView is the KVReader of a read-only transaction.
 type kvView struct{ txn *badger.Txn }
 
@@ -206,7 +223,7 @@ func (r kvView) Get(k []byte) ([]byte, bool, error) {
 func (r kvView) Scan(start, end []byte, fn func(k, v []byte) error) error {
 	lo, hi := kvKey(start), kvEnd(end)
 	opts := badger.DefaultIteratorOptions
-	opts.Prefix = []byte{prefixKV}
+	opts.Prefix = commonPrefix(lo, hi)
 	it := r.txn.NewIterator(opts)
 	defer it.Close()
 	for it.Seek(lo); it.Valid(); it.Next() {
