@@ -31,6 +31,9 @@ import (
 type Files struct {
 	f  *FS
 	fs *fileSystem
+	// put publishes objects in one command (nil: the metadata service
+	// cannot; NewObject's Commit and Assemble then fail with ENOTSUP).
+	put objectMetadata
 	// notifySem bounds the invalidations in flight.
 	notifySem chan struct{}
 }
@@ -44,7 +47,9 @@ const (
 
 // Files returns the non-FUSE file API of f.
 func (f *FS) Files() *Files {
-	return &Files{f: f, fs: f.raw, notifySem: make(chan struct{}, notifyParallel)}
+	x := &Files{f: f, fs: f.raw, notifySem: make(chan struct{}, notifyParallel)}
+	x.put, _ = f.raw.md.(objectMetadata)
+	return x
 }
 
 // BlockSize returns the file system block size.
@@ -436,6 +441,18 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off uint64) (int, error) 
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// ReadAhead tells the reader that it is about to read sequentially from
+// off (a GET of a whole object or range): the first ReadAt at off already
+// counts as sequential and starts readahead, instead of the second.
+func (r *Reader) ReadAhead(off uint64) {
+	ra := &r.h.ra
+	ra.mu.Lock()
+	if !ra.started {
+		ra.started, ra.seq, ra.end, ra.next = true, true, off, 0
+	}
+	ra.mu.Unlock()
 }
 
 // Close releases the file.

@@ -266,6 +266,8 @@ func (a *applyCtx) run(c *command) (*applyResult, error) {
 		err = a.removeXattr(c)
 	case opKV:
 		res.data, err = a.applyKV(c)
+	case opPutObject:
+		res.attr, res.ino, res.attr2, err = a.putObject(c)
 	default:
 		err = syscall.EINVAL
 	}

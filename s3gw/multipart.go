@@ -16,15 +16,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/datenlord/datenlord-go/fs"
 	"github.com/datenlord/datenlord-go/meta"
 )
 
 // Multipart uploads live in .datenlord-s3/uploads/ID, a directory whose
 // xattrUpload names the bucket, key and metadata of the object; part N is
-// the file "%05d" in it, written like an object (staged, then renamed,
-// with its MD5 ETag recorded). CompleteMultipartUpload copies the parts
-// in order into a new staged file and publishes it like PutObject, then
-// removes the upload directory.
+// the file "%05d" in it, written like an object (with its MD5 ETag
+// recorded). CompleteMultipartUpload moves the blocks
+// of the parts, in order, into the new object with one metadata command
+// when the parts are block aligned (see assemble), else copies them into a
+// new staged object and publishes it like PutObject; then it removes the
+// upload directory (the emptied parts free no blocks).
 
 const (
 	maxPartNumber = 10000
@@ -166,19 +169,17 @@ func (g *Gateway) uploadPart(ctx context.Context, rs *reqState, isCopy bool) err
 	if size > maxPutSize {
 		return s3err(codeEntityTooLarge, "a part is at most 5 GiB")
 	}
-	st, err := g.stage(ctx)
-	if err != nil {
-		return err
-	}
+	st := g.stage(size)
 	published := false
 	defer func() {
 		if !published {
-			st.abort(ctx)
+			st.abort()
 		}
 	}()
 	if _, err := st.fill(ctx, src, size); err != nil {
 		return err
 	}
+	st.w.Flush(ctx) // the last block goes to the store meanwhile
 	sum := st.md5.Sum(nil)
 	if wantMD5 != nil && string(sum) != string(wantMD5) {
 		return s3err(codeBadDigest, "the Content-MD5 you specified did not match what we received")
@@ -370,17 +371,55 @@ func (g *Gateway) completeUpload(ctx context.Context, rs *reqState) error {
 	return nil
 }
 
-// assemble copies the parts into a new object and publishes it.
+// assemble publishes the parts as one object. When every part but the
+// last is a whole number of blocks long (the usual case: clients send
+// parts of some MiB, blocks are 512 KiB) the parts' blocks are moved into
+// the new file by one metadata command and no data is copied; otherwise,
+// or if a part changed meanwhile, the parts are copied into a new object.
 func (g *Gateway) assemble(ctx context.Context, parts []*object, rec uploadRecord, etag string, b meta.Ino, segs []string) error {
-	st, err := g.stage(ctx)
-	if err != nil {
-		return err
+	om := rec.Meta
+	om.ETag = etag
+	if refs, size, ok := g.movable(parts); ok {
+		_, err := g.link(ctx, om, b, segs, func(parent meta.Ino, leaf string, opt fs.ObjectOptions) (meta.Attr, error) {
+			return g.files.Assemble(ctx, refs, size, parent, leaf, opt)
+		})
+		if err == nil || !isErrno(err, syscall.ESTALE) && !isErrno(err, syscall.EINVAL) {
+			return err
+		}
+		g.log.Debug("s3gw: moving the parts failed; copying them", "err", err)
 	}
+	return g.assembleCopy(ctx, parts, om, b, segs)
+}
+
+// movable returns the parts as meta.ObjectParts and their total size if
+// their blocks can be moved into one file: every part but the last is
+// block aligned.
+func (g *Gateway) movable(parts []*object) ([]meta.ObjectPart, uint64, bool) {
+	bs := uint64(g.files.BlockSize())
+	refs := make([]meta.ObjectPart, len(parts))
+	var size uint64
+	for i, p := range parts {
+		if i < len(parts)-1 && p.attr.Size%bs != 0 {
+			return nil, 0, false
+		}
+		refs[i] = meta.ObjectPart{Ino: p.attr.Ino, Version: p.attr.Version}
+		size += p.attr.Size
+	}
+	return refs, size, true
+}
+
+// assembleCopy copies the parts into a new object and publishes it.
+func (g *Gateway) assembleCopy(ctx context.Context, parts []*object, om objectMeta, b meta.Ino, segs []string) error {
+	var total int64
+	for _, p := range parts {
+		total += int64(p.attr.Size)
+	}
+	st := g.stage(total)
 	st.limit = maxObjectSize
 	published := false
 	defer func() {
 		if !published {
-			st.abort(ctx)
+			st.abort()
 		}
 	}()
 	for _, p := range parts {
@@ -394,8 +433,6 @@ func (g *Gateway) assemble(ctx context.Context, parts []*object, rec uploadRecor
 			return err
 		}
 	}
-	om := rec.Meta
-	om.ETag = etag
 	if _, err := g.publish(ctx, st, om, b, segs); err != nil {
 		return err
 	}

@@ -68,29 +68,25 @@ func contentMD5(r *http.Request) ([]byte, error) {
 	return b, nil
 }
 
-// staged is a new file in the gateway's temporary directory, to be
-// renamed into place.
+// staged is a new object being received: its blocks go to the store as
+// they fill, and publish creates and links the file in one metadata
+// command (fs.ObjectWriter).
 type staged struct {
-	w    *fs.Writer
-	name string
-	md5  hash.Hash
+	w   *fs.ObjectWriter
+	md5 hash.Hash
 	// limit bounds the object size.
 	limit int64
 }
 
-func (g *Gateway) stage(ctx context.Context) (*staged, error) {
-	name := newID(12)
-	w, err := g.files.Create(ctx, g.tmpIno, name, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	return &staged{w: w, name: name, md5: md5.New(), limit: maxPutSize}, nil
+// stage starts a new object of about size bytes (-1: unknown).
+func (g *Gateway) stage(size int64) *staged {
+	return &staged{w: g.files.NewObject(size), md5: md5.New(), limit: maxPutSize}
 }
 
-// abort drops a staged file that was not published.
-func (s *staged) abort(ctx context.Context) { s.w.Abort(context.WithoutCancel(ctx)) }
+// abort drops a staged object that was not published.
+func (s *staged) abort() { s.w.Abort() }
 
-// fill copies src into the staged file; want is the declared length (-1:
+// fill copies src into the staged object; want is the declared length (-1:
 // unknown). Errors of src that are S3 errors (signature, hash) are
 // returned as they are; others mean the client's body broke off.
 func (s *staged) fill(ctx context.Context, src io.Reader, want int64) (int64, error) {
@@ -128,30 +124,37 @@ func (s *staged) fill(ctx context.Context, src io.Reader, want int64) (int64, er
 	return n, nil
 }
 
-// publish commits a staged file, records om (its ETag set) and renames it
-// to segs under directory b, creating the directories it needs.
+// objectMode is the permission bits of the files objects are.
+const objectMode = 0o644
+
+// publish makes a staged object durable with its record om (ETag set) and
+// links it as segs under directory b, creating the directories it needs,
+// in one metadata command.
 func (g *Gateway) publish(ctx context.Context, s *staged, om objectMeta, b meta.Ino, segs []string) (meta.Attr, error) {
-	a, err := s.w.Commit(ctx)
-	if err != nil {
-		return meta.Attr{}, err
-	}
-	om.Version = a.Version
+	return g.link(ctx, om, b, segs, func(parent meta.Ino, leaf string, opt fs.ObjectOptions) (meta.Attr, error) {
+		return s.w.Commit(ctx, parent, leaf, opt)
+	})
+}
+
+// link records om as the xattr of a new object and links it as segs under
+// b through commit (one metadata command), creating the parents first.
+func (g *Gateway) link(ctx context.Context, om objectMeta, b meta.Ino, segs []string,
+	commit func(parent meta.Ino, leaf string, opt fs.ObjectOptions) (meta.Attr, error)) (meta.Attr, error) {
+	om.Version = meta.InitialVersion
 	rec, err := encodeMeta(om)
 	if err != nil {
 		return meta.Attr{}, err
 	}
-	if err := g.files.SetXattr(ctx, a.Ino, xattrObject, rec); err != nil {
-		return meta.Attr{}, err
-	}
+	opt := fs.ObjectOptions{Mode: objectMode, Xattrs: map[string][]byte{xattrObject: rec}}
 	leaf := segs[len(segs)-1]
 	for attempt := 0; ; attempt++ {
 		parent, err := g.mkdirAll(ctx, b, segs[:len(segs)-1])
+		var a meta.Attr
 		if err == nil {
-			err = g.files.Rename(ctx, g.tmpIno, s.name, parent, leaf)
+			a, err = commit(parent, leaf, opt)
 		}
 		switch {
 		case err == nil:
-			s.w.Close()
 			return a, nil
 		case isErrno(err, syscall.ENOENT) && attempt < 3:
 			continue // a delete removed an empty parent meanwhile
@@ -226,19 +229,18 @@ func (g *Gateway) putObject(ctx context.Context, rs *reqState) error {
 		rs.w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	st, err := g.stage(ctx)
-	if err != nil {
-		return err
-	}
+	st := g.stage(size)
 	published := false
 	defer func() {
 		if !published {
-			st.abort(ctx)
+			st.abort()
 		}
 	}()
 	if _, err := st.fill(ctx, src, size); err != nil {
 		return err
 	}
+	// The last block goes to the store while the commit is prepared.
+	st.w.Flush(ctx)
 	sum := st.md5.Sum(nil)
 	if wantMD5 != nil && !bytes.Equal(sum, wantMD5) {
 		return s3err(codeBadDigest, "the Content-MD5 you specified did not match what we received")
@@ -431,24 +433,8 @@ func (g *Gateway) getObject(ctx context.Context, rs *reqState, head bool) error 
 	if head || br.length == 0 || rd == nil {
 		return nil
 	}
-	buf := make([]byte, min(br.length, ioBuf))
-	off, end := uint64(br.start), uint64(br.start+br.length)
-	for off < end {
-		n, err := rd.ReadAt(ctx, buf[:min(uint64(len(buf)), end-off)], off)
-		if n > 0 {
-			if _, werr := rs.w.Write(buf[:n]); werr != nil {
-				return nil // the client went away
-			}
-			off += uint64(n)
-		}
-		if err == io.EOF {
-			break // the file shrank under us (a FUSE truncate): the client sees a short body
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	rd.ReadAhead(uint64(br.start))
+	return sendRange(ctx, rs.w, rd, uint64(br.start), uint64(br.start+br.length))
 }
 
 // pathInos walks segs under b, returning the directory inode at each
@@ -622,14 +608,11 @@ func (g *Gateway) copyObject(ctx context.Context, rs *reqState) error {
 	if sb == rs.bucket && sk == rs.key && !replace {
 		return s3err(codeInvalidRequest, "this copy request is illegal because it is trying to copy an object to itself without changing the object's metadata")
 	}
-	st, err := g.stage(ctx)
-	if err != nil {
-		return err
-	}
+	st := g.stage(int64(o.attr.Size))
 	published := false
 	defer func() {
 		if !published {
-			st.abort(ctx)
+			st.abort()
 		}
 	}()
 	if _, err := st.fill(ctx, &readerFrom{ctx: ctx, rd: rd, end: o.attr.Size}, int64(o.attr.Size)); err != nil {

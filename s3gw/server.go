@@ -25,15 +25,19 @@
 //
 // # Writes
 //
-// PutObject, CopyObject and CompleteMultipartUpload write a new file in
-// the gateway's hidden directory ".datenlord-s3/tmp/NODE" through
-// fs.Files (the FUSE write path: write-behind blocks, the node's dirty
-// budget, commit in meta), set its metadata, and rename it into place: a
+// PutObject, CopyObject and CompleteMultipartUpload stream the body into
+// an fs.ObjectWriter: full blocks go to the store while the rest is still
+// arriving (write-behind, within the node's dirty budget) and into the
+// page cache, so a GET of a just-written object is served from memory.
+// Once every block is in the store, one metadata command
+// (meta.Service.PutObject) creates the file with its block map, size and
+// metadata xattr and links it under its key, replacing the old object: a
 // reader sees the old or the new object, never a partial one, and the
-// object is durable before the response. Bodies stream; no object is held
-// in memory. Multipart parts are files in ".datenlord-s3/uploads/ID";
-// completion copies them into the new object. The hidden directory is not
-// a bucket.
+// object is durable before the response. No object is held in memory.
+// Multipart parts are files in ".datenlord-s3/uploads/ID"; completion
+// moves their blocks into the new object (see assemble). The hidden
+// directory is not a bucket; its "tmp/NODE" held the temporary files of
+// earlier versions and is emptied at start.
 //
 // # Authentication
 //
