@@ -31,9 +31,11 @@ import (
 // slot's CRC-32C with it, and the reader checks that CRC on arrival, so
 // corruption anywhere on the way, the owner's arena included, is a miss,
 // never wrong bytes. (Over tcpfallback the owner answers inline from its
-// connection reader without rehashing the page, and the transport skips
-// its frame CRC over the page: the reader's check is the end-to-end one,
-// one CRC pass per page read.) A page this node owns is not sent over the
+// connection reader, sending the page from its pinned arena slot with no
+// copy and no rehash, and the transport skips its frame CRC over the page:
+// the reader's check is the end-to-end one, one CRC pass per page read,
+// taken by the transport chunk by chunk as the bytes land in the caller's
+// buffer.) A page this node owns is not sent over the
 // network. A failed call (refused, lost connection, timeout after
 // NeighborConfig.CallTimeout) marks the peer down and is a miss: the
 // reader falls back to persistence, and later pages go to the next owner
@@ -105,14 +107,20 @@ type NeighborTransport interface {
 // the page a second time, and a page read costs no allocation, no
 // goroutine hand-off at the owner and no copy at the reader.
 type neighborFastTransport interface {
-	// HandleInline registers op with a non-blocking fast path (run on
-	// the reader, building its response in dst of at least scratch
-	// bytes; ok false defers to h).
-	HandleInline(op uint16, scratch int, fast func(peer string, req, dst []byte) (resp []byte, ok bool), h NeighborHandler)
-	// CallIntoSplit reads the response payload into head, then body;
-	// it returns the payload length. The payload is not covered by the
-	// transport's checksum: the caller verifies it.
-	CallIntoSplit(ctx context.Context, addr string, op uint16, req, head, body []byte) (int, error)
+	// HandleInlineSend registers op with a non-blocking fast path run
+	// on the connection's reader: its response is head (built in dst of
+	// at least scratch bytes) then body, memory the fast path pinned,
+	// sent uncopied; release(token) follows the write. ok false defers
+	// to h.
+	HandleInlineSend(op uint16, scratch int, fast func(peer string, req, dst []byte) (head, body []byte, token uint64, ok bool), release func(token uint64), h NeighborHandler)
+	// CallIntoSplitTimeout reads the response payload into head, then
+	// body; it returns the payload length n and bodySum, the CRC-32C of
+	// the bytes it read into body (body[:n-len(head)]), computed as they
+	// arrived. The payload is not covered by the transport's own
+	// checksum: the caller verifies it (against bodySum). The call is
+	// bounded by timeout as well as ctx, without a derived context (no
+	// allocation per call).
+	CallIntoSplitTimeout(ctx context.Context, timeout time.Duration, addr string, op uint16, req, head, body []byte) (n int, bodySum uint32, err error)
 }
 
 // SlotLocation is where a page lives in its owner's memory arena, for
@@ -322,6 +330,36 @@ func (n *NeighborTier) liveNodes() []Node {
 	return live
 }
 
+// liveOwners is hrwOwner of key (and, with block, of its block's
+// coordinator key) over liveNodes, without building that list: the read
+// path allocates nothing. clustered is false when no other node is live.
+func (n *NeighborTier) liveOwners(key PageKey, block bool) (owner, coord Node, clustered bool) {
+	nodes := n.cfg.Membership.Nodes()
+	bkey := blockKey(key.Block)
+	var ow, cw uint64
+	live := 0
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, nd := range nodes {
+		if nd.ID != n.cfg.Self {
+			if p := n.peers[nd.ID]; p != nil && p.down {
+				continue
+			}
+		}
+		live++
+		// Same order and tie-break as hrwOwner.
+		if w := hrwWeight(nd.ID, key); live == 1 || w > ow || (w == ow && nd.ID < owner.ID) {
+			owner, ow = nd, w
+		}
+		if block {
+			if w := hrwWeight(nd.ID, bkey); live == 1 || w > cw || (w == cw && nd.ID < coord.ID) {
+				coord, cw = nd, w
+			}
+		}
+	}
+	return owner, coord, live > 1
+}
+
 // mix64 is the splitmix64 finaliser: a cheap, well-distributed 64-bit mix.
 func mix64(x uint64) uint64 {
 	x ^= x >> 30
@@ -383,11 +421,10 @@ func (n *NeighborTier) GetSized(ctx context.Context, key PageKey, length int, ds
 	if serving(ctx) || length > n.cfg.PageSize {
 		return 0, false, nil
 	}
-	live := n.liveNodes()
-	if !clustered(live) {
+	owner, coord, clustered := n.liveOwners(key, access == AccessSequential)
+	if !clustered {
 		return 0, false, nil
 	}
-	owner, _ := hrwOwner(live, key)
 	if owner.ID != n.cfg.Self {
 		flags := uint8(0)
 		if access == AccessSequential {
@@ -401,7 +438,6 @@ func (n *NeighborTier) GetSized(ctx context.Context, key PageKey, length int, ds
 	}
 	// A sequential miss of a page we own still fills the whole block,
 	// once for the cluster, at the block's coordinator.
-	coord, _ := hrwOwner(live, blockKey(key.Block))
 	if coord.ID == n.cfg.Self {
 		if _, _, err := n.fillBlock(ctx, key.Block, key.Index); err != nil {
 			n.log.Debug("block fill failed; the page is read alone", "block", key.Block, "err", err)
@@ -438,30 +474,39 @@ func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, l
 			}
 		}
 	}
-	var req [readReqSize]byte
-	encodeReadReq(req[:], readReq{key: key, length: uint32(length), flags: flags})
 	bp := n.bufs.Get().(*[]byte)
 	defer n.bufs.Put(bp)
 	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
 	var r readResp
 	var err error
+	// summed: sum is the CRC-32C of r.data, taken by the transport as
+	// the bytes arrived.
+	var sum uint32
+	summed := false
 	if n.fast != nil && len(dst) >= n.cfg.PageSize {
 		// The page goes straight from the socket into dst, unhashed by
-		// the transport: the slot CRC below is the end-to-end check.
+		// the transport: the slot CRC below is the end-to-end check. The
+		// request and the response header share the pooled buffer (a
+		// request array on the stack would escape: one allocation per
+		// read).
 		head := (*bp)[:respHeaderSize]
+		req := (*bp)[respHeaderSize : respHeaderSize+readReqSize]
+		encodeReadReq(req, readReq{key: key, length: uint32(length), flags: flags})
 		var total int
-		total, err = n.fast.CallIntoSplit(cctx, node.Addr, opReadPage, req[:], head, dst[:n.cfg.PageSize])
-		cancel()
+		total, sum, err = n.fast.CallIntoSplitTimeout(ctx, n.cfg.CallTimeout, node.Addr, opReadPage, req, head, dst[:n.cfg.PageSize])
 		if err != nil {
 			n.callFailed(ctx, node, err)
 			return 0, false
 		}
 		r, err = decodeReadRespHead(head, total, n.cfg.PageSize)
 		if err == nil && r.status == statusOK {
-			r.data = dst[:r.length]
+			r.data = dst[:r.length] // exactly the bytes sum covers: total == respHeaderSize+r.length
+			summed = true
 		}
 	} else {
+		var req [readReqSize]byte
+		encodeReadReq(req[:], readReq{key: key, length: uint32(length), flags: flags})
+		cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
 		var resp []byte
 		resp, err = n.tr.CallInto(cctx, node.Addr, opReadPage, req[:], *bp)
 		cancel()
@@ -475,8 +520,13 @@ func (n *NeighborTier) readRemote(ctx context.Context, node Node, key PageKey, l
 	if err == nil && r.status == statusOK {
 		if length > 0 && int(r.length) != length {
 			err = fmt.Errorf("owner sent %d bytes, the block map says %d", r.length, length)
-		} else if crc32.Checksum(r.data, n.crc) != r.crc {
-			err = errors.New("page checksum mismatch")
+		} else {
+			if !summed {
+				sum = crc32.Checksum(r.data, n.crc)
+			}
+			if sum != r.crc {
+				err = errors.New("page checksum mismatch")
+			}
 		}
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 
@@ -89,5 +90,106 @@ func TestNeighborFastPathDetectsArenaCorruption(t *testing.T) {
 	mt.mu.Unlock()
 	if _, ok, err := tiers[0].GetSized(ctx, key, 0, dst, AccessRandom); err != nil || ok {
 		t.Fatalf("corrupt slot read: ok %v err %v, want a miss", ok, err)
+	}
+}
+
+// TestNeighborInlineSendReleasesPins: pages sent from their arena slots
+// (pinned until written) leave no slot pinned, so eviction and Close are
+// never held up; and liveOwners agrees with hrwOwner over liveNodes.
+func TestNeighborInlineSendReleasesPins(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	const page = 16 << 10
+	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var members StaticMembership
+	var trs []*tcpfallback.Transport
+	for _, id := range []string{"reader", "owner", "third"} {
+		tr, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: id, Listen: "127.0.0.1:0", Secret: []byte("s"), Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		trs = append(trs, tr)
+		members = append(members, Node{ID: id, Addr: tr.Addr()})
+	}
+	var tiers []*NeighborTier
+	var caches []*Cache
+	for i, tr := range trs[:2] {
+		nb, err := NewNeighborTier(NeighborConfig{Self: members[i].ID, Membership: members[:2], Transport: tr, PageSize: page, BlockSize: 8 * page, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nb.Close()
+		c, err := New(Config{PageSize: page, MemBytes: 16 << 20, Logger: log}, st, nb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := nb.Serve(c); err != nil {
+			t.Fatal(err)
+		}
+		tiers, caches = append(tiers, nb), append(caches, c)
+	}
+	data := make([]byte, 8*page)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	dst := make([]byte, page)
+	reads := 0
+	for block := uint64(1); block <= 8; block++ {
+		caches[1].PutBlock(ctx, block, data, AccessRandom)
+		for idx := range uint32(8) {
+			key := PageKey{Block: block, Index: idx}
+			if o, _ := OwnerOf(members[:2], key); o.ID != "owner" {
+				continue
+			}
+			n, ok, err := tiers[0].GetSized(ctx, key, page, dst, AccessRandom)
+			if err != nil || !ok || n != page || string(dst) != string(data[int(idx)*page:int(idx+1)*page]) {
+				t.Fatalf("read %v: n %d ok %v err %v", key, n, ok, err)
+			}
+			reads++
+		}
+	}
+	if reads == 0 {
+		t.Fatal("the owner owns no page")
+	}
+	mt := caches[1].memory
+	mt.mu.Lock()
+	for _, seg := range mt.segs {
+		if seg == nil {
+			continue
+		}
+		for i := range seg.refs {
+			if r := seg.refs[i].Load(); r != 0 {
+				t.Errorf("slot %d of a segment still pinned (%d)", i, r)
+			}
+		}
+	}
+	mt.mu.Unlock()
+
+	// liveOwners is hrwOwner over liveNodes, without the list.
+	nb, err := NewNeighborTier(NeighborConfig{Self: "reader", Membership: members, Transport: trs[0], PageSize: page, BlockSize: 8 * page, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Close()
+	for down := range 2 {
+		if down == 1 {
+			nb.callFailed(ctx, members[1], errors.New("test: down"))
+		}
+		live := nb.liveNodes()
+		for i := range 500 {
+			key := PageKey{Block: uint64(i / 8), Index: uint32(i % 8)}
+			owner, coord, clustered := nb.liveOwners(key, true)
+			wantOwner, _ := hrwOwner(live, key)
+			wantCoord, _ := hrwOwner(live, blockKey(key.Block))
+			if owner != wantOwner || coord != wantCoord || clustered != (len(live) > 1) {
+				t.Fatalf("down %d key %v: liveOwners %v %v %v, want %v %v %v", down, key, owner, coord, clustered, wantOwner, wantCoord, len(live) > 1)
+			}
+		}
 	}
 }

@@ -26,7 +26,7 @@ func (n *NeighborTier) Serve(c *Cache) error {
 	n.mu.Unlock()
 	n.tr.Handle(opPing, func(context.Context, string, []byte) ([]byte, error) { return nil, nil })
 	if n.fast != nil {
-		n.fast.HandleInline(opReadPage, respHeaderSize+n.cfg.PageSize, n.readPageInline, n.handleReadPage)
+		n.fast.HandleInlineSend(opReadPage, respHeaderSize, n.readPageInline, n.releasePage, n.handleReadPage)
 	} else {
 		n.tr.Handle(opReadPage, n.handleReadPage)
 	}
@@ -127,28 +127,41 @@ func (n *NeighborTier) handleLookup(ctx context.Context, peer string, req []byte
 }
 
 // readPageInline is the transport's inline fast path of opReadPage: a page
-// held in the memory arena, copied from its slot into dst (the
-// transport's buffer) with the slot's stored CRC-32C, not rehashed: the
-// reader verifies it against the bytes it receives (corruption anywhere,
-// the arena included, is a miss there). Anything else (a malformed
-// request, a miss that needs a fill) goes to handleReadPage.
-func (n *NeighborTier) readPageInline(_ string, req, dst []byte) ([]byte, bool) {
+// held in the memory arena, sent from its slot (pinned until the
+// transport calls releasePage with the returned token, so the slot is not
+// reused meanwhile) behind a response header built in dst, with the
+// slot's stored CRC-32C, not rehashed: the reader verifies it against the
+// bytes it receives (corruption anywhere, the arena included, is a miss
+// there). The page is neither copied nor hashed at the owner. Anything
+// else (a malformed request, a miss that needs a fill) goes to
+// handleReadPage.
+func (n *NeighborTier) readPageInline(_ string, req, dst []byte) (head, body []byte, token uint64, ok bool) {
 	c := n.serving.Load()
-	if c == nil || len(dst) < respHeaderSize+n.cfg.PageSize {
-		return nil, false
+	if c == nil || len(dst) < respHeaderSize {
+		return nil, nil, 0, false
 	}
 	r, err := decodeReadReq(req, n.cfg.PageSize)
 	if err != nil {
-		return nil, false
+		return nil, nil, 0, false
 	}
-	page := dst[respHeaderSize : respHeaderSize+n.cfg.PageSize]
-	got, crc, loc, ok := c.memory.copyLocated(r.key, page, false)
-	if !ok || (r.length != 0 && got != int(r.length)) {
-		return nil, false
+	page, s, crc, loc, ok := c.memory.pinLocated(r.key)
+	if !ok {
+		return nil, nil, 0, false
+	}
+	if r.length != 0 && len(page) != int(r.length) {
+		c.memory.unpin(s)
+		return nil, nil, 0, false
 	}
 	n.m.servedMemory.Inc()
-	encodeReadRespHeader(dst, readResp{status: statusOK, hasLoc: true, length: uint32(got), crc: crc, loc: loc})
-	return dst[:respHeaderSize+got], true
+	encodeReadRespHeader(dst, readResp{status: statusOK, hasLoc: true, length: uint32(len(page)), crc: crc, loc: loc})
+	return dst[:respHeaderSize], page, uint64(s), true
+}
+
+// releasePage unpins the slot readPageInline sent a page from.
+func (n *NeighborTier) releasePage(token uint64) {
+	if c := n.serving.Load(); c != nil {
+		c.memory.unpin(int32(token))
+	}
 }
 
 // fill reads a page this node serves but does not hold (ctx is a serving
@@ -503,6 +516,46 @@ func (t *memoryTier) locate(key PageKey) (uint32, SlotLocation, bool) {
 	}
 	crc := binary.LittleEndian.Uint32(hdr[hdrChecksum:])
 	return crc, SlotLocation{Segment: uint32(s / t.slotsPerSeg), Offset: uint64(off), Generation: gen, Length: uint32(n)}, true
+}
+
+// pinLocated pins the slot of a page and returns its page bytes (in the
+// arena: valid and unchanged until unpin(s)) with the slot's CRC and
+// location. The header (key, length, generation) is checked, the page
+// against its CRC is not: for a sender whose receiver verifies that CRC.
+// A slot whose header does not check out is dropped (a miss).
+func (t *memoryTier) pinLocated(key PageKey) (page []byte, s int32, crc uint32, loc SlotLocation, ok bool) {
+	t.mu.Lock()
+	s, ok = t.index[key]
+	if !ok || t.closed {
+		t.mu.Unlock()
+		return nil, 0, 0, SlotLocation{}, false
+	}
+	seg, i, off := t.slotLoc(s)
+	n := int(t.lens[s])
+	seg.refs[i].Add(1)
+	t.policy.Touch(s, AccessRandom)
+	gen := t.gens[s]
+	t.mu.Unlock()
+
+	hdr := seg.mem[off : off+slotHeaderSize]
+	if binary.LittleEndian.Uint64(hdr[hdrBlock:]) != key.Block ||
+		binary.LittleEndian.Uint32(hdr[hdrIndex:]) != key.Index ||
+		binary.LittleEndian.Uint32(hdr[hdrLength:]) != uint32(n) ||
+		binary.LittleEndian.Uint64(hdr[hdrGeneration:]) != gen {
+		seg.refs[i].Add(-1)
+		t.dropCorrupt(key, s, gen)
+		return nil, 0, 0, SlotLocation{}, false
+	}
+	crc = binary.LittleEndian.Uint32(hdr[hdrChecksum:])
+	loc = SlotLocation{Segment: uint32(s / t.slotsPerSeg), Offset: uint64(off), Generation: gen, Length: uint32(n)}
+	return seg.mem[off+slotHeaderSize : off+slotHeaderSize+n], s, crc, loc, true
+}
+
+// unpin releases a pin of pinLocated. Lock-free: a pinned slot's segment
+// is set for good.
+func (t *memoryTier) unpin(s int32) {
+	seg, i, _ := t.slotLoc(s)
+	seg.refs[i].Add(-1)
 }
 
 // copyLocated is getLocated that, with verify false, checks the slot

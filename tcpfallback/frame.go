@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -112,9 +113,19 @@ func decodeHeader(b []byte, maxFrame int) (header, error) {
 	return h, nil
 }
 
+// errWaitEnded: readHeaderBy stopped waiting for a frame (its deadline
+// passed or it was interrupted) before any byte of one arrived; the
+// connection is intact and the next read may wait again.
+var errWaitEnded = errors.New("wait for a frame ended")
+
 // frameReader reads frames from a buffered connection. An idle connection
 // may wait forever for the next frame; once a frame's first byte arrives
 // the rest must follow within the frame timeout.
+//
+// The read deadline of the connection is the frameReader's: every socket
+// read is preceded by setting the deadline it needs (the wait's in
+// readHeaderBy, the frame's in arm), so a deadline left over from an
+// earlier frame or wait never matters and is not cleared eagerly.
 type frameReader struct {
 	conn     net.Conn // for read deadlines; nil when reading from memory
 	br       *bufio.Reader
@@ -128,32 +139,88 @@ type frameReader struct {
 	unchecked bool
 	scratch   []byte
 	table     *crc32.Table
+
+	// dlMu guards waiting and, while waiting, dl: interrupt may run on
+	// another goroutine.
+	dlMu    sync.Mutex
+	waiting bool      // in an interruptible wait for a frame's first byte
+	dl      time.Time // the read deadline last set on conn
 }
 
 func newFrameReader(conn net.Conn, r io.Reader, maxFrame int, timeout time.Duration, table *crc32.Table) *frameReader {
 	return &frameReader{conn: conn, br: bufio.NewReaderSize(r, 32<<10), maxFrame: maxFrame, timeout: timeout, table: table}
 }
 
+// setDeadline sets the connection's read deadline unless it is set
+// already.
+func (r *frameReader) setDeadline(t time.Time) {
+	if r.conn == nil || t.Equal(r.dl) {
+		return
+	}
+	r.dl = t
+	_ = r.conn.SetReadDeadline(t)
+}
+
+// arm starts the frame timeout once a frame has begun and its bytes are
+// not all buffered yet.
 func (r *frameReader) arm(payload uint32) {
 	if r.armed || r.conn == nil {
 		return
 	}
 	r.armed = true
 	d := r.timeout + time.Duration(payload)*time.Second/minRate
-	_ = r.conn.SetReadDeadline(time.Now().Add(d))
+	r.setDeadline(time.Now().Add(d))
 }
 
-func (r *frameReader) disarm() {
-	if r.armed {
-		r.armed = false
-		_ = r.conn.SetReadDeadline(time.Time{})
+// disarm ends the frame timeout; the deadline itself stays on the
+// connection until the next read sets its own (see frameReader).
+func (r *frameReader) disarm() { r.armed = false }
+
+// interrupt ends an interruptible wait of readHeaderBy in progress (it
+// then returns errWaitEnded); at any other time it does nothing, so it
+// never cuts a frame short. Safe to call from any goroutine.
+func (r *frameReader) interrupt() {
+	r.dlMu.Lock()
+	if r.waiting {
+		r.dl = time.Unix(1, 0)
+		_ = r.conn.SetReadDeadline(r.dl)
 	}
+	r.dlMu.Unlock()
 }
 
 // readHeader waits for the next frame and decodes its header. io.EOF means
 // the peer closed cleanly between frames.
 func (r *frameReader) readHeader() (header, error) {
-	if _, err := r.br.Peek(1); err != nil {
+	return r.readHeaderBy(time.Time{}, false)
+}
+
+// readHeaderBy is readHeader waiting for the frame's first byte until
+// deadline at most (zero: no limit) and, when interruptible, until
+// interrupt is called: then it returns errWaitEnded, nothing consumed.
+// Once the first byte has arrived only the frame timeout applies.
+func (r *frameReader) readHeaderBy(deadline time.Time, interruptible bool) (header, error) {
+	if r.br.Buffered() == 0 && r.conn != nil {
+		if interruptible {
+			r.dlMu.Lock()
+			r.waiting = true
+			r.setDeadline(deadline)
+			r.dlMu.Unlock()
+		} else {
+			r.setDeadline(deadline)
+		}
+		_, err := r.br.Peek(1)
+		if interruptible {
+			r.dlMu.Lock()
+			r.waiting = false
+			r.dlMu.Unlock()
+		}
+		if err != nil {
+			if (interruptible || !deadline.IsZero()) && errors.Is(err, os.ErrDeadlineExceeded) {
+				return header{}, errWaitEnded
+			}
+			return header{}, err
+		}
+	} else if _, err := r.br.Peek(1); err != nil {
 		return header{}, err
 	}
 	if r.br.Buffered() < headerSize {
@@ -196,6 +263,44 @@ func (r *frameReader) readPayload2(head, body []byte) error {
 		}
 	}
 	return r.readTrailer()
+}
+
+// sumChunk bounds one socket read of readPayloadSum: the CRC of a chunk
+// runs while the peer's next bytes are still arriving, on data still in
+// the cache.
+const sumChunk = 64 << 10
+
+// readPayloadSum is readPayload2 that also returns the CRC-32C of body,
+// computed chunk by chunk as the bytes land in body (the very bytes the
+// caller gets), overlapping the hashing with the transfer.
+func (r *frameReader) readPayloadSum(head, body []byte) (uint32, error) {
+	if len(head) > 0 {
+		if _, err := io.ReadFull(r.br, head); err != nil {
+			return 0, midFrame(err)
+		}
+		if !r.unchecked {
+			r.crc = crc32.Update(r.crc, r.table, head)
+		}
+	}
+	var sum uint32
+	for off := 0; off < len(body); {
+		n, err := r.br.Read(body[off:min(off+sumChunk, len(body))])
+		if n > 0 {
+			b := body[off : off+n]
+			sum = crc32.Update(sum, r.table, b)
+			if !r.unchecked {
+				r.crc = crc32.Update(r.crc, r.table, b)
+			}
+			off += n
+		}
+		if err != nil && off < len(body) {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, midFrame(err)
+		}
+	}
+	return sum, r.readTrailer()
 }
 
 // discardPayload skips h's payload, still checking the CRC.

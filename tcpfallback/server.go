@@ -178,7 +178,7 @@ func (sc *serverConn) serve() error {
 		case flagRequest, flagRequest | flagUnchecked:
 			e := (*sc.t.handlers.Load())[h.op]
 			var buf *[]byte
-			if e.fast != nil {
+			if e.inline() {
 				buf = sc.t.bufs.get(int(h.length))
 				if err := sc.fr.readPayload(*buf); err != nil {
 					sc.t.bufs.put(buf)
@@ -250,11 +250,15 @@ func (sc *serverConn) inline(h header, e handlerEntry, req []byte) (done bool, e
 	if cap(sc.scratch) < e.scratch {
 		sc.scratch = make([]byte, e.scratch)
 	}
-	resp, ok, herr := sc.t.invokeInline(e.fast, sc.peer, h.op, req, sc.scratch[:cap(sc.scratch)])
+	head, body, token, pinned, ok, herr := sc.t.invokeInline(&e, sc.peer, h.op, req, sc.scratch[:cap(sc.scratch)])
 	if !ok {
 		return false, nil
 	}
-	if err := sc.respond(h, resp, herr); err != nil {
+	err = sc.respond(h, herr, head, body)
+	if pinned {
+		e.release(token)
+	}
+	if err != nil {
 		sc.conn.Close()
 		return true, err
 	}
@@ -280,19 +284,24 @@ func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, h h
 	if !live {
 		return // cancelled by the caller: nobody waits for the answer
 	}
-	if err := sc.respond(h, resp, err); err != nil {
+	if err := sc.respond(h, err, resp); err != nil {
 		// The reader notices the broken connection too; closing it makes
 		// sure a half-written frame is never followed by another.
 		sc.conn.Close()
 	}
 }
 
-// respond sends the response to request h: resp, or err as an error
-// response. A request that asked for it (flagUnchecked) gets its payload
-// without the frame CRC; error responses are always checked in full.
-func (sc *serverConn) respond(h header, resp []byte, err error) error {
-	if err == nil && len(resp) > sc.t.cfg.MaxFrame {
-		err = fmt.Errorf("response of %d bytes exceeds MaxFrame %d", len(resp), sc.t.cfg.MaxFrame)
+// respond sends the response to request h: the concatenation of resp,
+// or err as an error response. A request that asked for it
+// (flagUnchecked) gets its payload without the frame CRC; error responses
+// are always checked in full.
+func (sc *serverConn) respond(h header, err error, resp ...[]byte) error {
+	n := 0
+	for _, b := range resp {
+		n += len(b)
+	}
+	if err == nil && n > sc.t.cfg.MaxFrame {
+		err = fmt.Errorf("response of %d bytes exceeds MaxFrame %d", n, sc.t.cfg.MaxFrame)
 	}
 	out := header{op: h.op, id: h.id, flags: flagResponse}
 	if err != nil {
@@ -316,7 +325,7 @@ func (sc *serverConn) respond(h header, resp []byte, err error) error {
 	if h.flags&flagUnchecked != 0 {
 		out.flags |= flagUnchecked
 	}
-	return sc.fw.write(out, resp)
+	return sc.fw.write(out, resp...)
 }
 
 // decodeRemoteError decodes an error response payload.

@@ -80,9 +80,16 @@
 // # Multiplexing and back-pressure
 //
 // A client keeps one persistent connection per peer address, shared by all
-// callers. Requests carry increasing ids; a reader goroutine matches
-// responses to waiting callers, reading the payload straight into the
-// caller's buffer (CallInto) or a fresh slice the caller then owns. At most
+// callers. Requests carry increasing ids; whoever holds the connection's
+// read token matches responses to their callers, reading the payload
+// straight into the caller's buffer (CallInto) or a fresh slice the caller
+// then owns. A caller whose request is out and who finds the token free
+// (an idle connection) takes it and reads its own response from the
+// socket, with no goroutine hand-off on the way; callers who find it taken
+// wait to be handed theirs, and a reader goroutine takes over whenever the
+// holder leaves with calls still in flight. Nobody reads an idle
+// connection: a call made after 10 ms without calls first checks, without
+// blocking, that the peer has not closed it meanwhile. At most
 // MaxInFlight requests are outstanding per connection: further callers
 // wait, honouring their ctx. The server reads requests on one goroutine
 // per connection and runs each handler on its own goroutine, at most
@@ -92,13 +99,17 @@
 // goroutine itself, building the response in a per-connection buffer: no
 // goroutine hand-off and no allocation for, say, a page served from
 // memory; what the fast path declines goes to the op's Handler as above.
+// HandleInlineSend's fast path answers from memory it pins instead (a
+// page in its arena slot), sent with no copy and unpinned once written.
 //
 // # Deadlines and cancellation
 //
 // The caller's ctx deadline travels in the request; the handler's ctx
 // carries it (clocks are assumed roughly in sync). When the caller's ctx
-// ends first, Call returns ctx.Err() at once and a cancel frame tells the
-// server, which cancels the handler's ctx and sends no response. A
+// ends first, Call returns ctx.Err() at once (a caller reading its own
+// response notices a cancel within a millisecond, at once after that) and
+// a cancel frame tells the server, which cancels the handler's ctx and
+// sends no response. A
 // handler's ctx is also cancelled when its connection is lost or the
 // transport closes.
 //
@@ -345,12 +356,40 @@ func (t *Transport) HandleInline(op uint16, scratch int, fast InlineHandler, h H
 	t.register(op, handlerEntry{h: h, fast: fast, scratch: scratch})
 }
 
-// handlerEntry is what serves one op.
+// InlineSender is the fast path of an op registered with
+// HandleInlineSend: an InlineHandler whose response is head (built in dst,
+// or any other slice) followed by body, memory the handler keeps pinned
+// and unchanged until the transport calls the op's release with token,
+// right after the response has been written (or has failed to be). The
+// response goes out with no copy of body (but for a small response,
+// copied once next to its header). ok false hands the request to the
+// op's Handler, and nothing is released. A sender that panics forfeits
+// the release of what it pinned: pin last.
+type InlineSender = func(peer string, req, dst []byte) (head, body []byte, token uint64, ok bool)
+
+// HandleInlineSend is HandleInline for a fast path that answers from
+// memory it pins (say a page in an arena slot) rather than copying it
+// into dst: release(token) unpins it once the response is written.
+// Registering an op twice panics.
+func (t *Transport) HandleInlineSend(op uint16, scratch int, fast InlineSender, release func(token uint64), h Handler) {
+	if fast == nil || release == nil || scratch < 0 || scratch > t.cfg.MaxFrame {
+		panic(fmt.Sprintf("tcpfallback: bad inline sender for op 0x%04x (scratch %d)", op, scratch))
+	}
+	t.register(op, handlerEntry{h: h, send: fast, release: release, scratch: scratch})
+}
+
+// handlerEntry is what serves one op: Handler h, with an inline fast
+// path (fast or send, then release) or none.
 type handlerEntry struct {
 	h       Handler
 	fast    InlineHandler
+	send    InlineSender
+	release func(token uint64)
 	scratch int
 }
+
+// inline reports whether the op has an inline fast path.
+func (e *handlerEntry) inline() bool { return e.fast != nil || e.send != nil }
 
 func (t *Transport) register(op uint16, e handlerEntry) {
 	if e.h == nil {
@@ -383,34 +422,44 @@ func (t *Transport) Call(ctx context.Context, addr string, op uint16, req []byte
 // resp[:n]; otherwise into a new slice. The transport may write into resp
 // until CallInto returns, never after.
 func (t *Transport) CallInto(ctx context.Context, addr string, op uint16, req, resp []byte) ([]byte, error) {
-	out, _, err := t.call(ctx, addr, op, req, resp, nil, false)
+	out, _, _, err := t.call(ctx, 0, addr, op, req, resp, nil, false)
 	return out, err
 }
 
-func (t *Transport) call(ctx context.Context, addr string, op uint16, req, into, body []byte, split bool) ([]byte, int, error) {
+// call is CallInto and CallIntoSplit, bounded by timeout (0: none) as
+// well as ctx; a split call also returns the CRC-32C of body's bytes.
+func (t *Transport) call(ctx context.Context, timeout time.Duration, addr string, op uint16, req, into, body []byte, split bool) ([]byte, int, uint32, error) {
 	if t.closed.Load() {
-		return nil, 0, ErrClosed
+		return nil, 0, 0, ErrClosed
 	}
 	if len(req) > t.cfg.MaxFrame {
-		return nil, 0, fmt.Errorf("call op 0x%04x to %s: request of %d bytes exceeds MaxFrame %d", op, addr, len(req), t.cfg.MaxFrame)
+		return nil, 0, 0, fmt.Errorf("call op 0x%04x to %s: request of %d bytes exceeds MaxFrame %d", op, addr, len(req), t.cfg.MaxFrame)
 	}
 	start := time.Now()
+	deadline, _ := ctx.Deadline()
+	timed := false
+	if timeout > 0 {
+		if d := start.Add(timeout); deadline.IsZero() || d.Before(deadline) {
+			deadline, timed = d, true
+		}
+	}
 	p, err := t.peer(addr)
 	var out []byte
 	var n int
+	var sum uint32
 	if err == nil {
 		var cc *clientConn
-		if cc, err = p.get(ctx); err == nil {
-			out, n, err = cc.roundTrip2(ctx, op, req, into, body, split)
+		if cc, err = p.get(ctx, deadline, timed, start); err == nil {
+			out, n, sum, err = cc.roundTrip2(ctx, deadline, timed, op, req, into, body, split)
 		}
 	}
 	if err != nil {
 		t.m.requests.WithLabelValues(opLabel(op), outcome(err)).Inc()
-		return nil, 0, fmt.Errorf("call op 0x%04x to %s: %w", op, addr, err)
+		return nil, 0, 0, fmt.Errorf("call op 0x%04x to %s: %w", op, addr, err)
 	}
 	t.okCounter(op).Inc()
 	p.observeDuration(time.Since(start).Seconds())
-	return out, n, nil
+	return out, n, sum, nil
 }
 
 // CallIntoSplit is CallInto for a response that carries its own
@@ -424,8 +473,23 @@ func (t *Transport) call(ctx context.Context, addr string, op uint16, req, into,
 // transport may write into head and body until CallIntoSplit returns,
 // never after.
 func (t *Transport) CallIntoSplit(ctx context.Context, addr string, op uint16, req, head, body []byte) (int, error) {
-	_, n, err := t.call(ctx, addr, op, req, head, body, true)
+	_, n, _, err := t.call(ctx, 0, addr, op, req, head, body, true)
 	return n, err
+}
+
+// CallIntoSplitTimeout is CallIntoSplit bounded by timeout as well as
+// ctx, as under context.WithTimeout(ctx, timeout) (the earlier deadline
+// travels with the request; when timeout ends the call first it fails
+// with an error wrapping context.DeadlineExceeded) but without deriving
+// a context: a call on an established connection with a ctx that cannot
+// be cancelled (context.Background) allocates nothing. It also returns
+// bodySum, the CRC-32C (Castagnoli) of body[:max(0, n-len(head))],
+// computed chunk by chunk as the bytes landed in body, while the rest
+// was still arriving: a caller verifying the payload against its own
+// checksum compares with bodySum instead of hashing body again.
+func (t *Transport) CallIntoSplitTimeout(ctx context.Context, timeout time.Duration, addr string, op uint16, req, head, body []byte) (n int, bodySum uint32, err error) {
+	_, n, bodySum, err = t.call(ctx, timeout, addr, op, req, head, body, true)
+	return n, bodySum, err
 }
 
 // okCounter returns requests{op, outcome="ok"}, resolved once per op.
@@ -578,14 +642,19 @@ func (t *Transport) invoke(h Handler, ctx context.Context, peer string, op uint1
 	return h(ctx, peer, req)
 }
 
-// invokeInline runs a fast handler, turning a panic into an error.
-func (t *Transport) invokeInline(h InlineHandler, peer string, op uint16, req, dst []byte) (resp []byte, ok bool, err error) {
+// invokeInline runs the fast path of e (fast or send), turning a panic
+// into an error. pinned reports that release(token) is owed.
+func (t *Transport) invokeInline(e *handlerEntry, peer string, op uint16, req, dst []byte) (head, body []byte, token uint64, pinned, ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			t.log.Error("inline handler panic", "op", opLabel(op), "peer", peer, "panic", r, "stack", string(debug.Stack()))
-			resp, ok, err = nil, true, fmt.Errorf("handler for op 0x%04x panicked: %v", op, r)
+			head, body, pinned, ok, err = nil, nil, false, true, fmt.Errorf("handler for op 0x%04x panicked: %v", op, r)
 		}
 	}()
-	resp, ok = h(peer, req, dst)
-	return resp, ok, nil
+	if e.send != nil {
+		head, body, token, ok = e.send(peer, req, dst)
+		return head, body, token, ok, ok, nil
+	}
+	head, ok = e.fast(peer, req, dst)
+	return head, nil, 0, false, ok, nil
 }
