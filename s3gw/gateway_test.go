@@ -68,9 +68,9 @@ func selfSigned(t *testing.T) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }
 
-func startEnv(t *testing.T, tc *tls.Config) *env {
+func startEnv(t *testing.T, tc *tls.Config, opts ...fstest.Option) *env {
 	t.Helper()
-	h := fstest.Start(t)
+	h := fstest.Start(t, opts...)
 	e := &env{h: h, reg: prometheus.NewRegistry()}
 	var err error
 	e.g, err = s3gw.New(t.Context(), s3gw.Config{Files: h.FS.Files(), Secrets: clientauth.New(testAK, testSK).Secret,
