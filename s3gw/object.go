@@ -434,7 +434,7 @@ func (g *Gateway) getObject(ctx context.Context, rs *reqState, head bool) error 
 		return nil
 	}
 	rd.ReadAhead(uint64(br.start))
-	return sendRange(ctx, rs.w, rd, uint64(br.start), uint64(br.start+br.length))
+	return g.sendRange(ctx, rs.w, rd, uint64(br.start), uint64(br.start+br.length))
 }
 
 // pathInos walks segs under b, returning the directory inode at each

@@ -59,6 +59,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,6 +105,8 @@ type Gateway struct {
 	upIno  meta.Ino
 	// hiddenIno is the gateway's top-level directory.
 	hiddenIno meta.Ino
+	// bodies recycles the *rangeBody of GET responses (stream.go).
+	bodies sync.Pool
 }
 
 // New prepares the gateway's hidden directories (removing the temporary

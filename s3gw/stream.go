@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/datenlord/datenlord-go/fs"
@@ -26,11 +25,14 @@ const (
 	sendStall = time.Minute
 )
 
-// rangeBodies recycles the rangeBody of sendRange: a fresh megabyte of
-// scratch per GET would be zeroed (and faulted in) every time.
-var rangeBodies = sync.Pool{New: func() any {
+// newRangeBody returns a recycled rangeBody (Gateway.bodies): a fresh
+// megabyte of scratch per GET would be zeroed (and faulted in) every time.
+func (g *Gateway) newRangeBody() *rangeBody {
+	if b, ok := g.bodies.Get().(*rangeBody); ok {
+		return b
+	}
 	return &rangeBody{scratch: make([]byte, sendBatch), spans: make([]fs.Span, 0, sendSpans), iov: make([][]byte, 0, sendSpans)}
-}}
+}
 
 // rangeBody is the body of a GET: bytes [off, end) of a file. It is an
 // io.WriterTo, so that http's ResponseWriter.ReadFrom hands it the TCP
@@ -128,18 +130,18 @@ func (b *rangeBody) Read(p []byte) (int, error) {
 // (the client went away); a read error is returned (the response has
 // started: the client sees a short body), as is a file that shrank under
 // the reader (a FUSE truncate), silently.
-func sendRange(ctx context.Context, w *statusWriter, rd *fs.Reader, off, end uint64) error {
+func (g *Gateway) sendRange(ctx context.Context, w *statusWriter, rd *fs.Reader, off, end uint64) error {
 	if end <= off {
 		return nil
 	}
-	b := rangeBodies.Get().(*rangeBody)
+	b := g.newRangeBody()
 	b.ctx, b.rd, b.off, b.end, b.readErr = ctx, rd, off, end, nil
 	b.rc = http.NewResponseController(w.ResponseWriter)
 	defer func() {
 		// The connection may serve further requests: no deadline for them.
 		_ = b.rc.SetWriteDeadline(time.Time{})
 		b.ctx, b.rd, b.rc = nil, nil, nil
-		rangeBodies.Put(b)
+		g.bodies.Put(b)
 	}()
 	// Send the header first, so that ReadFrom goes straight to the
 	// connection rather than copying the first bytes to sniff them.
