@@ -140,6 +140,23 @@ type SlotReader interface {
 	ReadSlot(ctx context.Context, addr string, loc SlotLocation, dst []byte) error
 }
 
+// SlotViewer is implemented by slot readers that can lend the memory a
+// slot was read into (RDMA: the registered READ buffer). The neighbor
+// tier then checks the slot where it landed and copies the page once,
+// into the caller's buffer, instead of copying the slot out of the READ
+// buffer first.
+type SlotViewer interface {
+	// ViewSlot reads the slot at loc (header and page:
+	// SlotHeaderSize+loc.Length bytes) in the arena of the node at addr
+	// and returns those bytes, valid and unchanged until
+	// ReleaseSlot(token); on error there is nothing to release. The
+	// read is bounded by timeout as well as ctx, without a derived
+	// context (no timer, no allocation per read).
+	ViewSlot(ctx context.Context, timeout time.Duration, addr string, loc SlotLocation) (slot []byte, token int, err error)
+	// ReleaseSlot gives the memory of a ViewSlot back.
+	ReleaseSlot(token int)
+}
+
 // SlotHeaderSize is the size of a slot header in the memory arena (see
 // memory.go for the layout).
 const SlotHeaderSize = slotHeaderSize
@@ -192,6 +209,7 @@ type NeighborTier struct {
 	tr    NeighborTransport
 	fast  neighborFastTransport // nil: plain CallInto and Handle
 	slots SlotReader            // nil: no one-sided reads
+	view  SlotViewer            // nil: slots copies into our buffer
 	crc   *crc32.Table
 	m     *neighborMetrics
 	bufs  sync.Pool // *[]byte of max(respHeaderSize, slotHeaderSize)+PageSize
@@ -284,6 +302,7 @@ func NewNeighborTier(cfg NeighborConfig) (*NeighborTier, error) {
 		stop:   make(chan struct{}),
 	}
 	n.slots, _ = cfg.Transport.(SlotReader)
+	n.view, _ = cfg.Transport.(SlotViewer)
 	n.fast, _ = cfg.Transport.(neighborFastTransport)
 	size := max(respHeaderSize, slotHeaderSize) + cfg.PageSize // a response, or a slot read one-sidedly
 	n.bufs.New = func() any { b := make([]byte, size); return &b }
@@ -575,12 +594,39 @@ func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, len
 	if !ok || int(loc.Length) != length {
 		return 0, slotNoLocation
 	}
-	bp := n.bufs.Get().(*[]byte)
-	defer n.bufs.Put(bp)
-	buf := (*bp)[:slotHeaderSize+length]
-	cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
-	err := n.slots.ReadSlot(cctx, node.Addr, loc, buf)
-	cancel()
+	var got int
+	var err error
+	if n.view != nil {
+		// The slot is checked where the READ put it and the page copied
+		// once, into dst.
+		var slot []byte
+		var token int
+		slot, token, err = n.view.ViewSlot(ctx, n.cfg.CallTimeout, node.Addr, loc)
+		if err == nil {
+			if err = checkSlot(slot, key, loc, n.crc); err == nil {
+				got = copy(dst, slot[slotHeaderSize:])
+			}
+			n.view.ReleaseSlot(token)
+			if err != nil {
+				n.dropHint(key) // evicted or rewritten: one more lookup, never wrong data
+				return 0, slotNoLocation
+			}
+		}
+	} else {
+		bp := n.bufs.Get().(*[]byte)
+		defer n.bufs.Put(bp)
+		buf := (*bp)[:slotHeaderSize+length]
+		cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
+		err = n.slots.ReadSlot(cctx, node.Addr, loc, buf)
+		cancel()
+		if err == nil {
+			if err := checkSlot(buf, key, loc, n.crc); err != nil {
+				n.dropHint(key) // evicted or rewritten: one more lookup, never wrong data
+				return 0, slotNoLocation
+			}
+			got = copy(dst, buf[slotHeaderSize:])
+		}
+	}
 	if err != nil {
 		// Not a verdict on the peer: the request path follows at once
 		// (over TCP) and judges its liveness; the slot reader reconnects
@@ -590,12 +636,8 @@ func (n *NeighborTier) readSlot(ctx context.Context, node Node, key PageKey, len
 		n.slotFailed(node.ID)
 		return 0, slotFailed
 	}
-	if err := checkSlot(buf, key, loc, n.crc); err != nil {
-		n.dropHint(key) // evicted or rewritten: one more lookup, never wrong data
-		return 0, slotNoLocation
-	}
 	n.m.readsRDMA.Inc()
-	return copy(dst, buf[slotHeaderSize:]), slotRead
+	return got, slotRead
 }
 
 // lookup asks node where the page's slot is (opLookup; the owner fills

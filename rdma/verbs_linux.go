@@ -146,7 +146,8 @@ static int dl_poll(struct ibv_cq *cq, dl_wc *out, int max) {
 
 // Reaps up to max completions: busy-polls for spin_us, then arms the CQ
 // and sleeps on the completion channel for at most timeout_ms. Returns
-// the number reaped (0: timeout) or -errno.
+// the number reaped (0: timeout) or -errno. timeout_ms < 0: spin only,
+// never sleep.
 static int dl_wait(struct ibv_cq *cq, struct ibv_comp_channel *ch, int spin_us, int timeout_ms, dl_wc *out, int max) {
 	int n = dl_poll(cq, out, max);
 	if (n != 0) return n < 0 ? -EIO : n;
@@ -157,6 +158,7 @@ static int dl_wait(struct ibv_cq *cq, struct ibv_comp_channel *ch, int spin_us, 
 			if (n != 0) return n < 0 ? -EIO : n;
 		} while (dl_now_ns() < end);
 	}
+	if (timeout_ms < 0) return 0; // spin only
 	if (ibv_req_notify_cq(cq, 0) != 0) return -EIO;
 	n = dl_poll(cq, out, max); // a completion that raced the arming
 	if (n != 0) return n < 0 ? -EIO : n;
@@ -460,6 +462,7 @@ type QP struct {
 
 	pollMu   sync.Mutex
 	pollFree chan struct{} // a token when the poller role is free
+	wcs      [32]C.dl_wc   // the poller's completions (guarded by pollMu)
 }
 
 // batch is the READs of one Read call.
@@ -583,6 +586,24 @@ func (q *QP) MaxOutstanding() int { return q.cfg.MaxOutstanding }
 // flushed completions are in. The first failed completion is returned as
 // a *CompletionError; the QP is then broken.
 func (q *QP) Read(ctx context.Context, ops ...ReadOp) error {
+	return q.read(ctx, time.Time{}, ops)
+}
+
+// ReadWithin is Read bounded by timeout as well as ctx (timeout <= 0:
+// ctx alone), without a derived context: no timer is armed while the
+// READs complete in time, so a READ costs no timer and no wake-up of an
+// idle thread. A READ still in flight after timeout is abandoned as on
+// ctx's end, and the error wraps context.DeadlineExceeded.
+func (q *QP) ReadWithin(ctx context.Context, timeout time.Duration, ops ...ReadOp) error {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	return q.read(ctx, deadline, ops)
+}
+
+// read is Read with an optional deadline (zero: none).
+func (q *QP) read(ctx context.Context, deadline time.Time, ops []ReadOp) error {
 	if len(ops) == 0 {
 		return nil
 	}
@@ -651,7 +672,7 @@ func (q *QP) Read(ctx context.Context, ops ...ReadOp) error {
 	if n := len(wrs) - int(posted); n > 0 {
 		q.release(n)
 	}
-	err := q.wait(ctx, b)
+	err := q.wait(ctx, deadline, b)
 	if postErr != nil {
 		return postErr
 	}
@@ -676,11 +697,38 @@ func (q *QP) breakLocked(cause error) {
 	}
 }
 
+// errAbandoned is the cause of READs abandoned by another waiter.
+var errAbandoned = errors.New("READs abandoned")
+
+// errTimedOut is the cause of a READ abandoned at its deadline.
+var errTimedOut = fmt.Errorf("READ timed out: %w", context.DeadlineExceeded)
+
+// expired returns why the wait for a READ must end (ctx's end or the
+// deadline passed), or nil.
+func expired(ctx context.Context, deadline time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return errTimedOut
+	}
+	return nil
+}
+
 // wait returns when b's READs are all complete, polling as the QP's
 // poller when nobody else is.
-func (q *QP) wait(ctx context.Context, b *batch) error {
+func (q *QP) wait(ctx context.Context, deadline time.Time, b *batch) error {
 	ctxDone := ctx.Done()
 	var hard <-chan time.Time
+	var timer *time.Timer // the deadline, armed only when waiting for another poller
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	var timeout <-chan time.Time
+	var why error // set when the READs were abandoned
+	cancelled := false
 	for {
 		select {
 		case <-b.done:
@@ -688,7 +736,7 @@ func (q *QP) wait(ctx context.Context, b *batch) error {
 		default:
 		}
 		if q.pollMu.TryLock() {
-			err := q.pollUntil(ctx, b)
+			err := q.pollUntil(ctx, deadline, cancelled, b)
 			q.pollMu.Unlock()
 			select { // hand the poller role on
 			case q.pollFree <- struct{}{}:
@@ -699,30 +747,57 @@ func (q *QP) wait(ctx context.Context, b *batch) error {
 			}
 			return b.err
 		}
+		if timer == nil && !deadline.IsZero() && !cancelled {
+			timer = time.NewTimer(time.Until(deadline))
+			timeout = timer.C
+		}
+		var cause error
 		select {
 		case <-b.done:
 			return b.err
 		case <-q.pollFree:
 		case <-ctxDone:
-			q.cancel(ctx)
-			ctxDone = nil
-			hard = time.After(5 * time.Second)
+			cause = ctx.Err()
+		case <-timeout:
+			cause = errTimedOut
 		case <-hard:
-			return fmt.Errorf("%w 5s after cancel: %w", ErrNotFlushed, ctx.Err())
+			return fmt.Errorf("%w 5s after cancel: %w", ErrNotFlushed, why)
+		}
+		if cause != nil {
+			why = cause
+			q.cancel(cause)
+			cancelled = true
+			ctxDone, timeout = nil, nil
+			hard = time.After(5 * time.Second)
 		}
 	}
 }
 
-func (q *QP) cancel(ctx context.Context) {
+// cancel abandons the READs in flight: the QP goes to the error state.
+func (q *QP) cancel(cause error) {
 	q.mu.Lock()
-	q.breakLocked(fmt.Errorf("READ abandoned: %w", ctx.Err()))
+	q.breakLocked(fmt.Errorf("READ abandoned: %w", cause))
 	q.mu.Unlock()
 }
 
-// pollUntil reaps completions (for any batch) until b is done.
-func (q *QP) pollUntil(ctx context.Context, b *batch) error {
-	var wcs [32]C.dl_wc
-	var deadline time.Time
+// spinChunkMicroseconds bounds one busy-poll inside C. A cgo call that
+// runs past sysmon's retake tick (about 20 us) loses its P to another
+// thread, and getting one back on return costs thread wake-ups, more than
+// a READ on an emulated CPU: the poller spins in short calls instead.
+const spinChunkMicroseconds = 10
+
+// pollUntil reaps completions (for any batch) until b is done: it spins
+// on the CQ for SpinMicroseconds (in calls of spinChunkMicroseconds), then
+// sleeps on the completion channel, and spins again after each wake-up.
+func (q *QP) pollUntil(ctx context.Context, deadline time.Time, cancelled bool, b *batch) error {
+	wcs := &q.wcs
+	var flushBy time.Time // after a cancel: the flush must be in by then
+	why := error(errAbandoned)
+	if cancelled {
+		flushBy = time.Now().Add(5 * time.Second)
+	}
+	spin := time.Duration(q.cfg.SpinMicroseconds) * time.Microsecond
+	spinUntil := time.Now().Add(spin)
 	for {
 		select {
 		case <-b.done:
@@ -732,14 +807,23 @@ func (q *QP) pollUntil(ctx context.Context, b *batch) error {
 		if q.cq == nil { // destroyed by Close (which holds pollMu to do it)
 			return ErrClosed
 		}
-		if deadline.IsZero() && ctx.Err() != nil {
-			q.cancel(ctx)
-			deadline = time.Now().Add(5 * time.Second)
+		if flushBy.IsZero() {
+			if cause := expired(ctx, deadline); cause != nil {
+				why = cause
+				q.cancel(cause)
+				flushBy = time.Now().Add(5 * time.Second)
+			}
 		}
-		if !deadline.IsZero() && time.Now().After(deadline) {
-			return fmt.Errorf("%w 5s after cancel: %w", ErrNotFlushed, ctx.Err())
+		if !flushBy.IsZero() && time.Now().After(flushBy) {
+			return fmt.Errorf("%w 5s after cancel: %w", ErrNotFlushed, why)
 		}
-		n := C.dl_wait(q.cq, q.ch, C.int(q.cfg.SpinMicroseconds), 10, &wcs[0], C.int(len(wcs)))
+		var n C.int
+		if spin > 0 && time.Now().Before(spinUntil) {
+			n = C.dl_wait(q.cq, q.ch, spinChunkMicroseconds, -1, &wcs[0], C.int(len(wcs)))
+		} else {
+			n = C.dl_wait(q.cq, q.ch, 0, 10, &wcs[0], C.int(len(wcs)))
+			spinUntil = time.Now().Add(spin)
+		}
 		if n < 0 {
 			q.mu.Lock()
 			q.breakLocked(fmt.Errorf("poll CQ: %w", syscall.Errno(-n)))

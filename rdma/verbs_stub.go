@@ -4,6 +4,7 @@ package rdma
 
 import (
 	"context"
+	"time"
 )
 
 // This file is the build without cgo (CGO_ENABLED=0) or off Linux: the API
@@ -77,6 +78,9 @@ func (q *QP) MaxOutstanding() int { return 0 }
 
 // Read returns ErrNoRDMA.
 func (q *QP) Read(context.Context, ...ReadOp) error { return ErrNoRDMA }
+
+// ReadWithin returns ErrNoRDMA.
+func (q *QP) ReadWithin(context.Context, time.Duration, ...ReadOp) error { return ErrNoRDMA }
 
 // Close does nothing.
 func (q *QP) Close() error { return nil }

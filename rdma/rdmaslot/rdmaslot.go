@@ -14,9 +14,10 @@
 // The owner registers an arena segment (LOCAL_WRITE|REMOTE_READ) the first
 // time a peer asks for it and keeps it registered until Close.
 //
-// Data path: ReadSlot READs the slot (header and page) into a registered
-// buffer of the reader's and copies it to dst; the neighbor tier checks
-// key, generation and checksum. QPs are per peer and reused. A READ that
+// Data path: ViewSlot READs the slot (header and page) into a registered
+// buffer of the reader's and lends it to the neighbor tier, which checks
+// key, generation and checksum there and copies the page once, into the
+// caller's buffer (ReadSlot copies the whole slot out instead). QPs are per peer and reused. A READ that
 // fails breaks that peer's QP: ReadSlot returns an error (the tier falls
 // back to its request path over TCP for that peer) and a new QP is set up
 // in the background, with back-off; until it is ready ReadSlot returns
@@ -104,7 +105,10 @@ type Transport struct {
 	srvQP map[string][]*rdma.QP // owner side, by authenticated peer id
 }
 
-var _ cache.SlotReader = (*Transport)(nil)
+var (
+	_ cache.SlotReader = (*Transport)(nil)
+	_ cache.SlotViewer = (*Transport)(nil)
+)
 
 // peer is the reader side of one owner; fields guarded by Transport.mu.
 type peer struct {
@@ -383,33 +387,52 @@ func (t *Transport) region(ctx context.Context, addr string, p *peer, i uint32) 
 // check the slot: the neighbor tier does.
 func (t *Transport) ReadSlot(ctx context.Context, addr string, loc cache.SlotLocation, dst []byte) error {
 	n := cache.SlotHeaderSize + int(loc.Length)
-	if len(dst) < n || n > t.cfg.SlotBytes {
-		return fmt.Errorf("rdmaslot: slot of %d bytes, buffer %d, limit %d", n, len(dst), t.cfg.SlotBytes)
+	if len(dst) < n {
+		return fmt.Errorf("rdmaslot: slot of %d bytes, buffer %d", n, len(dst))
+	}
+	slot, b, err := t.ViewSlot(ctx, 0, addr, loc)
+	if err != nil {
+		return err
+	}
+	copy(dst, slot)
+	t.ReleaseSlot(b)
+	return nil
+}
+
+// ViewSlot READs the slot at loc of the owner at addr (header and page,
+// cache.SlotHeaderSize+loc.Length bytes) into one of the registered READ
+// buffers and returns it: the caller checks the slot and copies the page
+// out where the NIC put it, then gives the buffer back with
+// ReleaseSlot(token). It does not check the slot: the neighbor tier does.
+// The READ is bounded by timeout (<= 0: none) as well as ctx, without a
+// derived context (no timer per READ).
+func (t *Transport) ViewSlot(ctx context.Context, timeout time.Duration, addr string, loc cache.SlotLocation) ([]byte, int, error) {
+	n := cache.SlotHeaderSize + int(loc.Length)
+	if n > t.cfg.SlotBytes {
+		return nil, 0, fmt.Errorf("rdmaslot: slot of %d bytes, limit %d", n, t.cfg.SlotBytes)
 	}
 	qp, p, err := t.ready(ctx, addr)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	r, err := t.region(ctx, addr, p, loc.Segment)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	if loc.Offset > r.Len || uint64(n) > r.Len-loc.Offset {
-		return fmt.Errorf("rdmaslot: slot at %d+%d outside segment %d of %d bytes", loc.Offset, n, loc.Segment, r.Len)
+		return nil, 0, fmt.Errorf("rdmaslot: slot at %d+%d outside segment %d of %d bytes", loc.Offset, n, loc.Segment, r.Len)
 	}
 	var b int
 	select {
 	case b = <-t.bufs:
 	case <-ctx.Done():
-		return fmt.Errorf("rdmaslot: wait for a read buffer: %w", ctx.Err())
+		return nil, 0, fmt.Errorf("rdmaslot: wait for a read buffer: %w", ctx.Err())
 	}
 	off := b * t.cfg.SlotBytes
-	err = qp.Read(ctx, rdma.ReadOp{Local: t.mr, Offset: off, Length: n, RemoteAddr: r.Addr + loc.Offset, RKey: r.RKey})
+	err = qp.ReadWithin(ctx, timeout, rdma.ReadOp{Local: t.mr, Offset: off, Length: n, RemoteAddr: r.Addr + loc.Offset, RKey: r.RKey})
 	if err == nil {
-		copy(dst[:n], t.mem[off:off+n])
-		t.bufs <- b
 		t.reads.Add(1)
-		return nil
+		return t.mem[off : off+n : off+n], b, nil
 	}
 	t.failures.Add(1)
 	if errors.Is(err, rdma.ErrQPBroken) || qp.Err() != nil {
@@ -418,8 +441,11 @@ func (t *Transport) ReadSlot(ctx context.Context, addr string, loc cache.SlotLoc
 	if !errors.Is(err, rdma.ErrNotFlushed) {
 		t.bufs <- b // READ completed or flushed: the buffer is ours again
 	}
-	return fmt.Errorf("rdma READ of segment %d offset %d at %s: %w", loc.Segment, loc.Offset, addr, err)
+	return nil, 0, fmt.Errorf("rdma READ of segment %d offset %d at %s: %w", loc.Segment, loc.Offset, addr, err)
 }
+
+// ReleaseSlot gives back the READ buffer of a ViewSlot.
+func (t *Transport) ReleaseSlot(token int) { t.bufs <- token }
 
 // dropQP forgets a broken QP; the next ReadSlot reconnects in the
 // background.

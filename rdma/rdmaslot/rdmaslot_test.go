@@ -300,3 +300,96 @@ func reads(reg *prometheus.Registry, transport string) float64 {
 	}
 	return 0
 }
+
+// BenchmarkNeighborReadRDMA: one reader goroutine reads pages of the
+// owner's through the neighbor tier by RDMA READ (slot header and page,
+// checked) — the neighbor/rdma row of bench tiers, for profiling in the
+// rxe guest (-test.bench NeighborReadRDMA -test.cpuprofile).
+func BenchmarkNeighborReadRDMA(b *testing.B) {
+	d, err := rdma.Open(rdma.Config{})
+	if err != nil {
+		b.Skipf("no RDMA device: %v", err)
+	}
+	d.Close()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	st, err := store.Open(ctx, "file://"+b.TempDir(), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	var members cache.StaticMembership
+	var nodes []*node
+	for _, id := range []string{"a", "b"} {
+		tr, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: id, Listen: "127.0.0.1:0", Secret: secret, DialTimeout: 2 * time.Second, Logger: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dev, err := rdma.Open(rdma.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		slots, err := rdmaslot.New(rdmaslot.Config{Node: tr, Device: dev, SlotBytes: cache.SlotHeaderSize + page, Logger: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, &node{id: id, tr: tr, slots: slots, dev: dev})
+		members = append(members, cache.Node{ID: id, Addr: tr.Addr()})
+	}
+	for _, n := range nodes {
+		nb, err := cache.NewNeighborTier(cache.NeighborConfig{Self: n.id, Membership: members, Transport: n.slots, TransportName: "rdma",
+			PageSize: page, BlockSize: block, CallTimeout: 2 * time.Second, Logger: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := cache.New(cache.Config{PageSize: page, MemBytes: 16 << 20, Logger: log}, st, nb)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := nb.Serve(c); err != nil {
+			b.Fatal(err)
+		}
+		n.slots.Serve(c)
+		n.nb, n.c = nb, c
+	}
+	a, r := nodes[0], nodes[1]
+	defer a.close()
+	defer r.close()
+	buf := make([]byte, block)
+	var owned []cache.PageKey
+	for blk := uint64(1); blk <= 8; blk++ {
+		for i := range buf {
+			buf[i] = byte(i*7 + int(blk))
+		}
+		if err := st.Put(ctx, blk, buf); err != nil {
+			b.Fatal(err)
+		}
+		for i := range uint32(block / page) {
+			k := cache.PageKey{Block: blk, Index: i}
+			if o, _ := cache.OwnerOf(members, k); o.ID == "a" {
+				if _, err := a.c.ReadPage(ctx, k, page, buf[:page], cache.AccessRandom); err != nil {
+					b.Fatal(err)
+				}
+				owned = append(owned, k)
+			}
+		}
+	}
+	dst := make([]byte, page)
+	for _, k := range owned { // locations looked up, QP connected
+		if _, ok, err := r.nb.GetSized(ctx, k, page, dst, cache.AccessRandom); err != nil || !ok {
+			b.Fatalf("warm-up read of %v: ok=%v err=%v", k, ok, err)
+		}
+	}
+	before := r.slots.Stats().Reads
+	b.SetBytes(page)
+	b.ResetTimer()
+	for i := range b.N {
+		if _, ok, err := r.nb.GetSized(ctx, owned[i%len(owned)], page, dst, cache.AccessRandom); err != nil || !ok {
+			b.Fatalf("read: ok=%v err=%v", ok, err)
+		}
+	}
+	b.StopTimer()
+	if got := r.slots.Stats().Reads - before; got != uint64(b.N) {
+		b.Fatalf("%d RDMA READs for %d page reads", got, b.N)
+	}
+}
