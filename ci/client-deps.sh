@@ -18,22 +18,11 @@ if [ ${#missing[@]} -eq 0 ]; then
 	say "present: /usr/bin/aws (awscli), /usr/bin/etcdctl (etcd-client), /usr/bin/etcd (etcd-server), curl"
 	exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-	say "missing packages: ${missing[*]}; run ci/client-deps.sh as root or install them with apt-get"
-	exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-	say "missing packages: ${missing[*]}, and no apt-get to install them with"
-	exit 1
-fi
-say "installing ${missing[*]} (apt-get update first)"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# etcd-server's package starts a system etcd on 2379; the tests start their
-# own on free ports, so keep the packaged service from running.
+# etcd-server's package starts a system etcd on 2379 where an init system
+# runs; the tests start their own on free ports, so keep the packaged
+# service from starting.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
-	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-	chmod +x /usr/sbin/policy-rc.d
-	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d 2>/dev/null && chmod +x /usr/sbin/policy-rc.d &&
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT || true
 fi
-apt-get install -y -qq "${missing[@]}"
+"$(dirname "$0")/apt-install.sh" client-deps --recommends "${missing[@]}"

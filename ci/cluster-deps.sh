@@ -17,15 +17,4 @@ if [ ${#missing[@]} -eq 0 ]; then
 	say "present: nft (nftables), ip (iproute2), nsenter (util-linux)"
 	exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-	say "missing packages: ${missing[*]}; run ci/cluster-deps.sh as root or install them with apt-get"
-	exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-	say "missing packages: ${missing[*]}, and no apt-get to install them with"
-	exit 1
-fi
-say "installing ${missing[*]} (apt-get update first)"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"$(dirname "$0")/apt-install.sh" cluster-deps "${missing[@]}"

@@ -264,22 +264,7 @@ func (s *Service) ViewKV(ctx context.Context, linearizable bool, fn func(r KVRea
 	if s.cfg.KV == nil {
 		return errNoKV
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if linearizable && s.cfg.clustered() {
-		if err := s.linearize(ctx); err != nil {
-			return err
-		}
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return ErrClosed
-	}
-	s.fsm.restoreMu.RLock()
-	defer s.fsm.restoreMu.RUnlock()
-	return s.stateDB.View(func(txn *badger.Txn) error { return fn(kvView{txn: txn}) })
+	return s.viewAs(ctx, linearizable, func(txn *badger.Txn) error { return fn(kvView{txn: txn}) })
 }
 
 // KVMachine returns Config.KV.

@@ -422,10 +422,15 @@ func (s *Service) apply(ctx context.Context, c *command) (*applyResult, error) {
 // In a cluster the read is linearizable: it waits for a leader-confirmed
 // read index first (linearize).
 func (s *Service) view(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	return s.viewAs(ctx, true, fn)
+}
+
+// viewAs is view, linearizable in a cluster only when asked.
+func (s *Service) viewAs(ctx context.Context, linearizable bool, fn func(txn *badger.Txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if s.cfg.clustered() {
+	if linearizable && s.cfg.clustered() {
 		if err := s.linearize(ctx); err != nil {
 			return err
 		}

@@ -250,13 +250,9 @@ type completeResult struct {
 // keepAliveEvery while parts are copied; a later failure is an Error
 // document in that 200 response, as S3 does.
 func (g *Gateway) completeUpload(ctx context.Context, rs *reqState) error {
-	b, err := g.bucketIno(ctx, rs.bucket)
+	b, segs, _, err := g.target(ctx, rs)
 	if err != nil {
 		return err
-	}
-	segs, _, aerr := splitKey(rs.key)
-	if aerr != nil {
-		return aerr
 	}
 	dir, rec, err := g.upload(ctx, rs)
 	if err != nil {

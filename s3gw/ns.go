@@ -216,3 +216,17 @@ func encodeMeta(om objectMeta) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// target resolves a request's bucket to its directory and splits its key
+// into path segments (dirKey: the key ends in '/').
+func (g *Gateway) target(ctx context.Context, rs *reqState) (bucket meta.Ino, segs []string, dirKey bool, err error) {
+	b, err := g.bucketIno(ctx, rs.bucket)
+	if err != nil {
+		return 0, nil, false, err
+	}
+	segs, dirKey, aerr := splitKey(rs.key)
+	if aerr != nil {
+		return 0, nil, false, aerr
+	}
+	return b, segs, dirKey, nil
+}

@@ -190,13 +190,9 @@ func requestMeta(r *http.Request) objectMeta {
 
 // putObject is PutObject; a key ending in '/' creates a directory.
 func (g *Gateway) putObject(ctx context.Context, rs *reqState) error {
-	b, err := g.bucketIno(ctx, rs.bucket)
+	b, segs, dirKey, err := g.target(ctx, rs)
 	if err != nil {
 		return err
-	}
-	segs, dirKey, aerr := splitKey(rs.key)
-	if aerr != nil {
-		return aerr
 	}
 	src, size, err := g.body(rs)
 	if err != nil {
@@ -371,13 +367,9 @@ func setObjectHeaders(h http.Header, o *object) {
 
 // getObject is GetObject and HeadObject.
 func (g *Gateway) getObject(ctx context.Context, rs *reqState, head bool) error {
-	b, err := g.bucketIno(ctx, rs.bucket)
+	b, segs, dirKey, err := g.target(ctx, rs)
 	if err != nil {
 		return err
-	}
-	segs, dirKey, aerr := splitKey(rs.key)
-	if aerr != nil {
-		return aerr
 	}
 	a, err := g.walk(ctx, b, segs)
 	if err != nil {
@@ -587,13 +579,9 @@ type copyObjectResult struct {
 
 // copyObject is CopyObject.
 func (g *Gateway) copyObject(ctx context.Context, rs *reqState) error {
-	b, err := g.bucketIno(ctx, rs.bucket)
+	b, segs, dirKey, err := g.target(ctx, rs)
 	if err != nil {
 		return err
-	}
-	segs, dirKey, aerr := splitKey(rs.key)
-	if aerr != nil {
-		return aerr
 	}
 	if dirKey {
 		return s3err(codeInvalidArgument, "cannot copy onto a directory key")
