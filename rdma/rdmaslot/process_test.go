@@ -146,37 +146,8 @@ func TestPeerProcessKilledMidRead(t *testing.T) {
 	peerA := startPeer(t, dir, nblocks, tr.Addr(), "")
 	defer peerA.stop()
 	aAddr := peerA.await(t, "PEER-ADDR")
-	members := cache.StaticMembership{{ID: "a", Addr: aAddr}, {ID: "b", Addr: tr.Addr()}}
-	var owned []cache.PageKey
-	for k := range data {
-		if o, _ := cache.OwnerOf(members, k); o.ID == "a" {
-			owned = append(owned, k)
-		}
-	}
-
-	dev, err := rdma.Open(rdma.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	slots, err := rdmaslot.New(rdmaslot.Config{Node: tr, Device: dev, SlotBytes: cache.SlotHeaderSize + page,
-		QP: rdma.QPConfig{TimeoutExponent: 10, RetryCount: 2}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slots.Close()
-	reg := prometheus.NewRegistry()
-	nb, err := cache.NewNeighborTier(cache.NeighborConfig{Self: "b", Membership: members, Transport: slots, TransportName: "rdma",
-		PageSize: page, BlockSize: block, CallTimeout: 2 * time.Second, Registerer: reg, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nb.Close()
-	c, err := cache.New(cache.Config{PageSize: page, MemBytes: 16 << 20, Registerer: reg, Logger: log}, st, nb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	b := newReaderB(t, tr, aAddr, data, st, log)
+	owned, slots, nb, c, reg := b.owned, b.slots, b.nb, b.c, b.reg
 	peerA.await(t, "PEER-READY")
 
 	// Warm-up: every page of A's once, by RDMA.
@@ -384,36 +355,8 @@ func TestPeerRestartReconnects(t *testing.T) {
 	peerA := startPeer(t, dir, nblocks, tr.Addr(), "")
 	defer func() { peerA.stop() }()
 	aAddr := peerA.await(t, "PEER-ADDR")
-	members := cache.StaticMembership{{ID: "a", Addr: aAddr}, {ID: "b", Addr: tr.Addr()}}
-	var owned []cache.PageKey
-	for k := range data {
-		if o, _ := cache.OwnerOf(members, k); o.ID == "a" {
-			owned = append(owned, k)
-		}
-	}
-	dev, err := rdma.Open(rdma.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	slots, err := rdmaslot.New(rdmaslot.Config{Node: tr, Device: dev, SlotBytes: cache.SlotHeaderSize + page,
-		QP: rdma.QPConfig{TimeoutExponent: 10, RetryCount: 2}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slots.Close()
-	reg := prometheus.NewRegistry()
-	nb, err := cache.NewNeighborTier(cache.NeighborConfig{Self: "b", Membership: members, Transport: slots, TransportName: "rdma",
-		PageSize: page, BlockSize: block, CallTimeout: 2 * time.Second, Registerer: reg, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nb.Close()
-	c, err := cache.New(cache.Config{PageSize: page, MemBytes: 16 << 20, Registerer: reg, Logger: log}, st, nb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	b := newReaderB(t, tr, aAddr, data, st, log)
+	owned, slots, nb, c, reg := b.owned, b.slots, b.nb, b.c, b.reg
 	peerA.await(t, "PEER-READY")
 
 	// pass reads every page of A's through the neighbor tier; it returns
@@ -521,4 +464,50 @@ func TestPeerRestartReconnects(t *testing.T) {
 	}
 	t.Logf("peer restarted: B reconnected (QP %d) %v after the new peer was ready; %d pages by RDMA READ over the new QP, %d background reads all correct",
 		st2.Connects, reconnected.Round(time.Millisecond), len(owned), total.Load())
+}
+
+// readerB is node B of the process tests: an RDMA slot reader and a
+// neighbor tier on B's transport with peer A at aAddr, and a cache in front
+// of the store; owned are the pages that A owns. Everything is closed at
+// the end of the test.
+type readerB struct {
+	owned []cache.PageKey
+	slots *rdmaslot.Transport
+	nb    *cache.NeighborTier
+	c     *cache.Cache
+	reg   *prometheus.Registry
+}
+
+func newReaderB(t *testing.T, tr *tcpfallback.Transport, aAddr string, data map[cache.PageKey][]byte, st store.Store, log *slog.Logger) *readerB {
+	t.Helper()
+	b := &readerB{reg: prometheus.NewRegistry()}
+	members := cache.StaticMembership{{ID: "a", Addr: aAddr}, {ID: "b", Addr: tr.Addr()}}
+	for k := range data {
+		if o, _ := cache.OwnerOf(members, k); o.ID == "a" {
+			b.owned = append(b.owned, k)
+		}
+	}
+	dev, err := rdma.Open(rdma.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	b.slots, err = rdmaslot.New(rdmaslot.Config{Node: tr, Device: dev, SlotBytes: cache.SlotHeaderSize + page,
+		QP: rdma.QPConfig{TimeoutExponent: 10, RetryCount: 2}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.slots.Close() })
+	b.nb, err = cache.NewNeighborTier(cache.NeighborConfig{Self: "b", Membership: members, Transport: b.slots, TransportName: "rdma",
+		PageSize: page, BlockSize: block, CallTimeout: 2 * time.Second, Registerer: b.reg, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.nb.Close() })
+	b.c, err = cache.New(cache.Config{PageSize: page, MemBytes: 16 << 20, Registerer: b.reg, Logger: log}, st, b.nb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.c.Close() })
+	return b
 }
