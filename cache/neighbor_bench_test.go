@@ -8,11 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/internal/pingpong"
 	"github.com/datenlord/datenlord-go/store"
 	"github.com/datenlord/datenlord-go/tcpfallback"
 )
@@ -83,38 +83,12 @@ func benchPercentiles(b *testing.B, lat []time.Duration) {
 }
 
 func benchRawServer(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := pingpong.Serve(1 << 20)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
-	page := make([]byte, 1<<20)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				var req [16]byte
-				for {
-					if _, err := io.ReadFull(c, req[:]); err != nil {
-						return
-					}
-					if _, err := c.Write(page[:binary.LittleEndian.Uint32(req[:])]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	b.Cleanup(stop)
+	return addr
 }
 
 // benchNeighborPair returns the neighbor tier of a reader node and keys

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/datenlord/datenlord-go/internal/pingpong"
 )
 
 // The benchmarks model a page read: a 16-byte request, a response of the
@@ -19,41 +21,14 @@ import (
 
 var benchSizes = []int{4 << 10, 64 << 10}
 
-// rawServer answers each 16-byte request (the first 4 bytes: the size)
-// with that many bytes.
+// rawServer is the raw TCP ping-pong baseline (internal/pingpong).
 func rawServer(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := pingpong.Serve(1 << 20)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
-	page := make([]byte, 1<<20)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				var req [16]byte
-				for {
-					if _, err := io.ReadFull(c, req[:]); err != nil {
-						return
-					}
-					if _, err := c.Write(page[:binary.LittleEndian.Uint32(req[:])]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	b.Cleanup(stop)
+	return addr
 }
 
 type rawClient struct {

@@ -9,10 +9,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/internal/pingpong"
 	"github.com/datenlord/datenlord-go/store"
 	"github.com/datenlord/datenlord-go/tcpfallback"
 )
@@ -29,7 +29,7 @@ func (r *runner) neighborSetup(ctx context.Context, size int) (setupResult, erro
 	if err != nil {
 		return setupResult{}, err
 	}
-	rawAddr, stopRaw, err := rawPingPongServer(size)
+	rawAddr, stopRaw, err := pingpong.Serve(size)
 	if err != nil {
 		pair.cleanup()
 		return setupResult{}, err
@@ -227,54 +227,6 @@ func (p *nodePair) workload(size int, check func(before [2]uint64) error) Worklo
 			return nil
 		}, func() {}, nil
 	}
-}
-
-// rawPingPongServer answers each 16-byte request (the first 4 bytes: a
-// size up to maxSize) with that many bytes, on 127.0.0.1.
-func rawPingPongServer(maxSize int) (addr string, stop func(), err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, fmt.Errorf("raw tcp listen: %w", err)
-	}
-	page := make([]byte, maxSize)
-	fillPattern(page, 7)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				var req [16]byte
-				for {
-					if _, err := io.ReadFull(c, req[:]); err != nil {
-						return
-					}
-					n := min(int(binary.LittleEndian.Uint32(req[:])), maxSize)
-					if _, err := c.Write(page[:n]); err != nil {
-						return
-					}
-				}
-			})
-		}
-	})
-	stop = func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}
-	return ln.Addr().String(), stop, nil
 }
 
 // rdmaGroup is the neighbor tier over RDMA and its ib_read_lat baseline,
