@@ -16,43 +16,11 @@ import (
 // the only one: a bit flipped in the owner's arena must still be a miss.
 func TestNeighborFastPathDetectsArenaCorruption(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
 	const page = 4 << 10
-	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	var members StaticMembership
-	var trs []*tcpfallback.Transport
-	for _, id := range []string{"reader", "owner"} {
-		tr, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: id, Listen: "127.0.0.1:0", Secret: []byte("s"), Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tr.Close()
-		trs = append(trs, tr)
-		members = append(members, Node{ID: id, Addr: tr.Addr()})
-	}
-	var tiers []*NeighborTier
-	var caches []*Cache
-	for i, tr := range trs {
-		nb, err := NewNeighborTier(NeighborConfig{Self: members[i].ID, Membership: members, Transport: tr, PageSize: page, BlockSize: 8 * page, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if nb.fast == nil {
-			t.Fatal("tcpfallback does not provide the fast path")
-		}
-		c, err := New(Config{PageSize: page, MemBytes: 16 << 20, Logger: log}, st, nb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := nb.Serve(c); err != nil {
-			t.Fatal(err)
-		}
-		tiers, caches = append(tiers, nb), append(caches, c)
+	nodes := newInlineNodes(t, page, []string{"reader", "owner"}, 2)
+	members, tiers, caches := nodes.members, nodes.tiers, nodes.caches
+	if tiers[0].fast == nil {
+		t.Fatal("tcpfallback does not provide the fast path")
 	}
 	data := make([]byte, 8*page)
 	for i := range data {
@@ -100,40 +68,8 @@ func TestNeighborInlineSendReleasesPins(t *testing.T) {
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	const page = 16 << 10
-	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	var members StaticMembership
-	var trs []*tcpfallback.Transport
-	for _, id := range []string{"reader", "owner", "third"} {
-		tr, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: id, Listen: "127.0.0.1:0", Secret: []byte("s"), Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tr.Close()
-		trs = append(trs, tr)
-		members = append(members, Node{ID: id, Addr: tr.Addr()})
-	}
-	var tiers []*NeighborTier
-	var caches []*Cache
-	for i, tr := range trs[:2] {
-		nb, err := NewNeighborTier(NeighborConfig{Self: members[i].ID, Membership: members[:2], Transport: tr, PageSize: page, BlockSize: 8 * page, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nb.Close()
-		c, err := New(Config{PageSize: page, MemBytes: 16 << 20, Logger: log}, st, nb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := nb.Serve(c); err != nil {
-			t.Fatal(err)
-		}
-		tiers, caches = append(tiers, nb), append(caches, c)
-	}
+	nodes := newInlineNodes(t, page, []string{"reader", "owner", "third"}, 2)
+	members, trs, tiers, caches := nodes.members, nodes.trs, nodes.tiers, nodes.caches
 	data := make([]byte, 8*page)
 	for i := range data {
 		data[i] = byte(i * 13)
@@ -192,4 +128,53 @@ func TestNeighborInlineSendReleasesPins(t *testing.T) {
 			}
 		}
 	}
+}
+
+// inlineNodes are nodes of the fast-path tests: a transport for every id,
+// and for the first tiered ones a neighbor tier (over those nodes) and a
+// cache serving it, on one shared store. Everything is closed at the end of
+// the test.
+type inlineNodes struct {
+	members StaticMembership
+	trs     []*tcpfallback.Transport
+	tiers   []*NeighborTier
+	caches  []*Cache
+}
+
+func newInlineNodes(t *testing.T, page int, ids []string, tiered int) *inlineNodes {
+	t.Helper()
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	n := &inlineNodes{}
+	for _, id := range ids {
+		tr, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: id, Listen: "127.0.0.1:0", Secret: []byte("s"), Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		n.trs = append(n.trs, tr)
+		n.members = append(n.members, Node{ID: id, Addr: tr.Addr()})
+	}
+	for i, tr := range n.trs[:tiered] {
+		nb, err := NewNeighborTier(NeighborConfig{Self: ids[i], Membership: n.members[:tiered], Transport: tr, PageSize: page, BlockSize: 8 * page, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nb.Close() })
+		c, err := New(Config{PageSize: page, MemBytes: 16 << 20, Logger: log}, st, nb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := nb.Serve(c); err != nil {
+			t.Fatal(err)
+		}
+		n.tiers, n.caches = append(n.tiers, nb), append(n.caches, c)
+	}
+	return n
 }
