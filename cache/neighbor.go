@@ -163,8 +163,14 @@ const SlotHeaderSize = slotHeaderSize
 
 // NeighborConfig configures a NeighborTier.
 type NeighborConfig struct {
-	// Self is this node's id; it must appear in Membership.Nodes().
+	// Self is this node's id; it must appear in Membership.Nodes()
+	// unless ReadOnly.
 	Self string
+	// ReadOnly makes a reader that owns no pages and serves none: Self
+	// takes no part in rendezvous hashing, so every page is read from
+	// the Membership's nodes (a client such as `bench tiers --addr`, not
+	// a cache node). A read-only tier must not Serve.
+	ReadOnly bool
 	// Membership lists the cache nodes.
 	Membership Membership
 	// Transport carries requests; TransportName names it in logs ("tcp"
@@ -338,7 +344,9 @@ func (n *NeighborTier) liveNodes() []Node {
 	live := make([]Node, 0, len(nodes))
 	for _, nd := range nodes {
 		if nd.ID == n.cfg.Self {
-			live = append(live, nd)
+			if !n.cfg.ReadOnly {
+				live = append(live, nd)
+			}
 			continue
 		}
 		if p := n.peers[nd.ID]; p != nil && p.down {
@@ -364,6 +372,8 @@ func (n *NeighborTier) liveOwners(key PageKey, block bool) (owner, coord Node, c
 			if p := n.peers[nd.ID]; p != nil && p.down {
 				continue
 			}
+		} else if n.cfg.ReadOnly {
+			continue
 		}
 		live++
 		// Same order and tie-break as hrwOwner.
@@ -376,7 +386,7 @@ func (n *NeighborTier) liveOwners(key PageKey, block bool) (owner, coord Node, c
 			}
 		}
 	}
-	return owner, coord, live > 1
+	return owner, coord, live > 1 || (n.cfg.ReadOnly && live > 0)
 }
 
 // mix64 is the splitmix64 finaliser: a cheap, well-distributed 64-bit mix.
@@ -416,14 +426,17 @@ func OwnerOf(nodes []Node, key PageKey) (Node, bool) { return hrwOwner(nodes, ke
 // blockKey is the key whose owner coordinates fills of a whole block.
 func blockKey(block uint64) PageKey { return PageKey{Block: block, Index: math.MaxUint32} }
 
-// clustered reports whether other live cache nodes exist.
-func clustered(live []Node) bool { return len(live) > 1 }
+// clustered reports whether other live cache nodes exist (for a
+// read-only tier, whether any does: live never lists Self then).
+func (n *NeighborTier) clustered(live []Node) bool {
+	return len(live) > 1 || (n.cfg.ReadOnly && len(live) > 0)
+}
 
 // Contains claims every page while other cache nodes are live: the
 // cluster, not local readahead, decides what is fetched from the store
 // (block-wise at the block's coordinator). It does no I/O.
 func (n *NeighborTier) Contains(PageKey) bool {
-	return clustered(n.liveNodes())
+	return n.clustered(n.liveNodes())
 }
 
 // Get serves a page without knowing its length: only a page held by its
@@ -738,11 +751,11 @@ func (n *NeighborTier) Hint(key PageKey) (SlotLocation, bool) {
 // drops when full). Pages this node owns, pages of a request served for a
 // peer and pages of a down owner are not sent.
 func (n *NeighborTier) Put(ctx context.Context, key PageKey, data []byte, _ Access) error {
-	if serving(ctx) || len(data) == 0 || len(data) > n.cfg.PageSize {
+	if serving(ctx) || n.cfg.ReadOnly || len(data) == 0 || len(data) > n.cfg.PageSize {
 		return nil
 	}
 	live := n.liveNodes()
-	if !clustered(live) {
+	if !n.clustered(live) {
 		return nil
 	}
 	owner, _ := hrwOwner(live, key)

@@ -16,6 +16,9 @@ func (n *NeighborTier) Serve(c *Cache) error {
 	if c == nil || c.cfg.PageSize != n.cfg.PageSize {
 		return errors.New("cache neighbor serve: nil cache or a page size that differs from the tier's")
 	}
+	if n.cfg.ReadOnly {
+		return errors.New("cache neighbor serve: a read-only tier serves no pages")
+	}
 	n.mu.Lock()
 	if n.cache != nil {
 		n.mu.Unlock()

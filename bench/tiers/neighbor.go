@@ -25,6 +25,9 @@ import (
 // The baseline is a raw Go TCP ping-pong of the same sizes on the same
 // loopback: a 16-byte request, a page-sized response.
 func (r *runner) neighborSetup(ctx context.Context, size int) (setupResult, error) {
+	if r.cfg.Remote != nil {
+		return r.remoteNeighborSetup(ctx, size)
+	}
 	pair, err := r.startPair(ctx, size, nil)
 	if err != nil {
 		return setupResult{}, err
@@ -37,27 +40,33 @@ func (r *runner) neighborSetup(ctx context.Context, size int) (setupResult, erro
 	pair.cleanups = append(pair.cleanups, stopRaw)
 	wls := map[string]Workload{
 		TierNeighborTCP: pair.workload(size, nil),
-		BaseTCP: func(ctx context.Context, _ int) (Op, func(), error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", rawAddr)
-			if err != nil {
-				return nil, nil, fmt.Errorf("raw tcp dial: %w", err)
-			}
-			var req [16]byte
-			binary.LittleEndian.PutUint32(req[:], uint32(size))
-			buf := make([]byte, size)
-			return func(context.Context, int) error {
-				if _, err := c.Write(req[:]); err != nil {
-					return fmt.Errorf("raw tcp write: %w", err)
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					return fmt.Errorf("raw tcp read: %w", err)
-				}
-				return nil
-			}, func() { _ = c.Close() }, nil
-		},
+		BaseTCP:         rawPingPong(rawAddr, size),
 	}
 	return setupResult{workloads: wls, cleanup: pair.cleanup}, nil
+}
+
+// rawPingPong is the raw TCP ping-pong baseline against the pingpong
+// server at addr: a 16-byte request, a size-byte response.
+func rawPingPong(addr string, size int) Workload {
+	return func(ctx context.Context, _ int) (Op, func(), error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("raw tcp dial %s: %w", addr, err)
+		}
+		var req [pingpong.RequestSize]byte
+		binary.LittleEndian.PutUint32(req[:], uint32(size))
+		buf := make([]byte, size)
+		return func(context.Context, int) error {
+			if _, err := c.Write(req[:]); err != nil {
+				return fmt.Errorf("raw tcp write: %w", err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return fmt.Errorf("raw tcp read: %w", err)
+			}
+			return nil
+		}, func() { _ = c.Close() }, nil
+	}
 }
 
 // nodePair is two in-process cache nodes: the reader's neighbor tier and
@@ -256,11 +265,22 @@ func (r *runner) rdmaGroup() group {
 // and measures ib_read_lat and the rdma package's bare READ through the
 // hook.
 func (r *runner) rdmaSetup(ctx context.Context, size int) (setupResult, error) {
+	if r.cfg.Remote != nil {
+		return r.remoteRDMASetup(ctx, size)
+	}
 	hook := r.cfg.RDMA
 	pair, err := r.startPair(ctx, size, hook)
 	if err != nil {
 		return setupResult{}, fmt.Errorf("rdma: %w", err)
 	}
+	return r.rdmaRows(ctx, pair, size, "")
+}
+
+// rdmaRows warms pair's reader up until its reads go by RDMA READ alone
+// and returns the RDMA rows on it; baseNote, when set, is added to the
+// ib_read_lat row's note.
+func (r *runner) rdmaRows(ctx context.Context, pair *nodePair, size int, baseNote string) (setupResult, error) {
+	hook := r.cfg.RDMA
 	// Passes over the keys until one is served by RDMA READs alone (a
 	// slow first contact can leave the slot path in back-off for a while,
 	// the pages coming over TCP meanwhile).
@@ -314,6 +334,9 @@ func (r *runner) rdmaSetup(ctx context.Context, size int) (setupResult, error) {
 						return err
 					}
 					return fmt.Errorf("bench tiers: %s %s: %w", BaseIBReadLat, sizeName(size), err)
+				}
+				if baseNote != "" {
+					m.Note += "; " + baseNote
 				}
 				row.setMeasurement(m)
 				return nil

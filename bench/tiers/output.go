@@ -24,6 +24,9 @@ import (
 // the tier's p50 ratio to its baseline.
 func WriteTable(w io.Writer, rep *Report) error {
 	fmt.Fprintf(w, "machine: %s\n", rep.Machine)
+	if rep.NeighborNode != "" {
+		fmt.Fprintf(w, "neighbor rows: the running node at %s (read from this machine over the network)\n", rep.NeighborNode)
+	}
 	fmt.Fprintf(w, "latency: one request at a time (µs); MB/s: %d workers; %s per phase\n\n", rep.Parallel, fmtSeconds(rep.Duration))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIER\tSIZE\tP50\tP99\tP999\tMB/s\tSAMPLES\tBASELINE\tRATIO p50\tRATIO MB/s\t")

@@ -98,6 +98,10 @@ type Config struct {
 	// Only, when non-empty, restricts the run to these tier names (their
 	// baselines included).
 	Only []string
+	// Remote, when set, points the neighbor/tcp row at a running node
+	// (its pages, its host) instead of an in-process pair; the other rows
+	// still measure this host.
+	Remote *Remote
 	// RDMA measures the neighbor tier over RDMA and its ib_read_lat
 	// baseline; nil (or a device-less host) skips those rows.
 	RDMA RDMAHook
@@ -226,7 +230,10 @@ type Report struct {
 	Duration float64   `json:"phase_s"`
 	Parallel int       `json:"parallel"`
 	Dir      string    `json:"dir"`
-	Rows     []Row     `json:"rows"`
+	// NeighborNode is the address of the running node the neighbor rows
+	// read from (Config.Remote); empty for an in-process pair.
+	NeighborNode string `json:"neighbor_node,omitempty"`
+	Rows         []Row  `json:"rows"`
 }
 
 // Find returns the row of tier at size.
@@ -318,6 +325,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		dir = d
 	}
 	rep.Dir = dir
+	if cfg.Remote != nil {
+		rep.NeighborNode = cfg.Remote.Addr
+	}
 	r := &runner{cfg: cfg, dir: dir, log: cfg.Logger}
 
 	s3, s3Skip, s3Stop := r.openS3(ctx)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/datenlord/datenlord-go/cache"
 	"github.com/datenlord/datenlord-go/cache/policysim"
 	"github.com/datenlord/datenlord-go/rdma/rdmabench"
+	"github.com/datenlord/datenlord-go/tcpfallback"
 )
 
 // newBenchCmd returns `datenlord-node bench` with its subcommands.
@@ -113,9 +115,10 @@ func newBenchTiersCmd(s streams) *cobra.Command {
 		jsonPath, plotPath string
 		logLevel           string
 		rdmaDevice         string
+		addr, secretFile   string
 	)
 	c := &cobra.Command{
-		Use:   "tiers --local",
+		Use:   "tiers --local | --addr HOST:PORT",
 		Short: "Latency and throughput of each cache tier next to its raw baseline",
 		Long: `bench tiers measures, for each page size, the latency (p50, p99, p999 of one
 request at a time) and the throughput (--parallel workers) of every tier of the
@@ -131,11 +134,19 @@ cache, each next to its baseline measured in the same run:
 
 --local runs all of it in this process on throw-away temp dirs: two cache
 nodes over real tcpfallback on 127.0.0.1, a versitygw for S3 when its binary is
-found (else the S3 rows say skipped). To measure the devices and the S3 of a
-running deployment, point --dir at the node's cache device and --s3-url at its
-bucket (credentials from AWS_* as for serve); the neighbor rows always use two
-in-process nodes (a remote node's pages cannot be addressed without its
-metadata).
+found (else the S3 rows say skipped).
+
+--addr HOST:PORT points the neighbor/tcp row at a running cluster instead: the
+bench joins as a read-only client (authenticated with the cluster secret from
+--cluster-secret-file or DATENLORD_CLUSTER_SECRET), asks the node at HOST:PORT
+(its --listen) which pages it holds in memory and reads them at random over the
+network; its baseline is a raw TCP ping-pong with a server that the node starts
+on its own host for the run (stopped at the end, or after 5 minutes). Only the
+node's page size is measured (other sizes say skipped); the node must hold at
+least 8 pages (load some with 'datenlord-node cache warmup'). The memory, disk
+and store rows measure this host: run the bench on a cluster node, with --dir
+on its cache device and --s3-url at its bucket (credentials from AWS_* as for
+serve).
 
 The RDMA rows need a binary built with cgo (libibverbs), an RDMA device
 (mlx5, rxe, siw, ...) and, for the baseline, perftest's ib_read_lat in PATH;
@@ -152,12 +163,15 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
   # A quick look at 64 KiB pages only, memory and disk
   datenlord-node bench tiers --local --sizes 64KiB --only memory,disk/uring --duration 100ms
 
+  # The neighbor tier of a running cluster: node n2's pages, from this host
+  DATENLORD_CLUSTER_SECRET=s3cret datenlord-node bench tiers --addr 10.0.0.2:7071 --only neighbor/tcp
+
   # The disk rows on the cache device and S3 on a real bucket
   datenlord-node bench tiers --local --dir /nvme/bench --s3-url 's3://bucket/bench?region=eu-west-1'`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if !local {
-				return &usageError{cmd: c, err: errors.New("bench tiers needs --local (the only mode so far: in-process nodes on temp dirs; --dir and --s3-url place the disk and S3 rows)")}
+			if local == (addr != "") {
+				return &usageError{cmd: c, err: errors.New("bench tiers needs exactly one of --local (a throw-away local setup) and --addr HOST:PORT (a running node)")}
 			}
 			sz, err := parseSizes(sizes)
 			if err != nil {
@@ -178,6 +192,14 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 				// and the host an RDMA device, else skipped with why.
 				RDMA:   rdmabench.New(rdmabench.Config{Device: rdmaDevice, Logger: logger}),
 				Logger: logger,
+			}
+			if addr != "" {
+				rm, closeRemote, err := dialBenchRemote(ctx, c, s, addr, secretFile, logger)
+				if err != nil {
+					return err
+				}
+				defer closeRemote()
+				cfg.Remote = rm
 			}
 			rep, err := tiers.Run(ctx, cfg)
 			clear()
@@ -204,6 +226,8 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 	}
 	f := c.Flags()
 	f.BoolVar(&local, "local", false, "start the throw-away local setup (in-process nodes, temp dirs)")
+	f.StringVar(&addr, "addr", "", "host:port (--listen) of a running node: the neighbor row reads its pages (instead of --local)")
+	f.StringVar(&secretFile, "cluster-secret-file", "", "with --addr: file holding the cluster secret (or the secret itself in "+secretEnv+")")
 	f.StringVar(&sizes, "sizes", "4KiB,64KiB,512KiB", "page sizes, comma-separated")
 	f.DurationVar(&duration, "duration", 300*time.Millisecond, "time bound of each phase (latency, throughput) of each row")
 	f.IntVar(&iterations, "iterations", 20000, "request bound of each phase of each row")
@@ -375,4 +399,25 @@ Cache sizes are fractions of the trace's distinct pages.`,
 	f.StringSliceVar(&policies, "policies", cache.PolicyNames(), "policies to compare")
 	f.StringVar(&jsonPath, "json", "", "write every row (with its hit ratio) as JSON to FILE")
 	return c
+}
+
+// dialBenchRemote makes the client transport of `bench tiers --addr` and
+// checks that the node answers.
+func dialBenchRemote(ctx context.Context, c *cobra.Command, s streams, addr, secretFile string, logger *slog.Logger) (*tiers.Remote, func(), error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, nil, &usageError{cmd: c, err: fmt.Errorf("--addr %q: want host:port: %w", addr, err)}
+	}
+	lookup := s.LookupEnv
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", false }
+	}
+	secret, err := readSecret(secretFile, lookup)
+	if err != nil {
+		return nil, nil, &usageError{cmd: c, err: err}
+	}
+	t, err := tcpfallback.New(ctx, tcpfallback.Config{NodeID: "datenlord-node-bench", Secret: secret, MaxInFlight: 1024, Logger: logger})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create client transport: %w", err)
+	}
+	return &tiers.Remote{Addr: addr, Transport: t}, func() { _ = t.Close() }, nil
 }

@@ -72,10 +72,29 @@ func TestBenchTiersLocal(t *testing.T) {
 	}
 }
 
-func TestBenchTiersNeedsLocal(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	if code := execute([]string{"bench", "tiers"}, streams{Stdout: &stdout, Stderr: &stderr}); code != 1 || !strings.Contains(stderr.String(), "--local") {
-		t.Errorf("exit %d, stderr %q", code, stderr.String())
+// TestBenchTiersModeFlags: bench tiers needs exactly one of --local and
+// --addr, and --addr a host:port and the cluster secret.
+func TestBenchTiersModeFlags(t *testing.T) {
+	noEnv := func(string) (string, bool) { return "", false }
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"neither", nil, "exactly one of --local"},
+		{"both", []string{"--local", "--addr", "127.0.0.1:7071"}, "exactly one of --local"},
+		{"addr without port", []string{"--addr", "node1"}, "want host:port"},
+		{"no secret", []string{"--addr", "127.0.0.1:7071"}, "--cluster-secret-file"},
+		{"secret file missing", []string{"--addr", "127.0.0.1:7071", "--cluster-secret-file", "/nonexistent/secret"}, "/nonexistent/secret"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"bench", "tiers"}, tc.args...)
+			code := execute(args, streams{Stdout: &stdout, Stderr: &stderr, LookupEnv: noEnv})
+			if code != 1 || !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr.String(), tc.want)
+			}
+		})
 	}
 }
 

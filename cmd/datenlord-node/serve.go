@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/datenlord/datenlord-go/bench/tiers"
 	"github.com/datenlord/datenlord-go/cache"
 	"github.com/datenlord/datenlord-go/fs"
 	"github.com/datenlord/datenlord-go/gc"
@@ -270,6 +271,10 @@ func runServe(parent context.Context, cfg serveConfig, logger *slog.Logger) (err
 			return err
 		}
 		serveArena(c)
+		// `bench tiers --addr` reads this node's pages and times a raw
+		// ping-pong to its host.
+		benchOps := tiers.ServeNodeOps(nodeTr, c, cfg.Cluster.NodeID, int(cfg.BlockSize), cfg.Cluster.Listen, logger.With("component", "bench"))
+		cl.push("bench ops", func() error { benchOps.Close(); return nil })
 	}
 
 	fsys, err := fs.Mount(ctx, fs.Config{

@@ -20,9 +20,15 @@ const RequestSize = 16
 // a stop function that closes the listener and every connection and waits
 // for the server's goroutines.
 func Serve(maxSize int) (addr string, stop func(), err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ServeOn("127.0.0.1", maxSize)
+}
+
+// ServeOn is Serve on host (an IP or name of this machine; "" for every
+// address) at a port the kernel picks.
+func ServeOn(host string, maxSize int) (addr string, stop func(), err error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		return "", nil, fmt.Errorf("pingpong: listen: %w", err)
+		return "", nil, fmt.Errorf("pingpong: listen on %q: %w", host, err)
 	}
 	page := make([]byte, maxSize)
 	for i := range page {

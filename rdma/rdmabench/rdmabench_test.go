@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/datenlord/datenlord-go/bench/tiers"
+	"github.com/datenlord/datenlord-go/bench/tiers/tierstest"
 	"github.com/datenlord/datenlord-go/rdma/rdmabench"
+	"github.com/datenlord/datenlord-go/tcpfallback"
 )
 
 // TestParseIBReadLat reads a report ib_read_lat -s 4096 -n 20 -F -H
@@ -53,15 +55,7 @@ func TestAvailableWithoutDevice(t *testing.T) {
 // rdma-read row the bare QP.Read, and the tier's ratio to ib_read_lat is
 // set.
 func TestRDMARows(t *testing.T) {
-	hook := rdmabench.New(rdmabench.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if ok, reason := hook.Available(); !ok {
-		if os.Getenv("DATENLORD_RDMA_REQUIRED") != "" {
-			t.Fatalf("DATENLORD_RDMA_REQUIRED is set but: %s", reason)
-		}
-		msg := "SKIP: " + reason + " (run make test-rdma)"
-		fmt.Fprintln(os.Stderr, "!!!!", msg)
-		t.Skip(msg)
-	}
+	hook := requireRDMA(t)
 	rep, err := tiers.Run(context.Background(), tiers.Config{
 		Sizes: []int{4096}, Duration: 50 * time.Millisecond, Iterations: 300, MinSamples: 100, Parallel: 2,
 		WorkingSet: 256 << 10, Dir: t.TempDir(), NoS3: true, Only: []string{tiers.TierNeighborRDMA}, RDMA: hook,
@@ -87,6 +81,53 @@ func TestRDMARows(t *testing.T) {
 	fmt.Printf("RDMA-LAT bench-neighbor-rdma size=4096 p50_us=%.2f p99_us=%.2f\n", tier.P50US, tier.P99US)
 	t.Logf("neighbor/rdma p50 %.1fµs, rdma-read p50 %.1fµs, ib_read_lat p50 %.1fµs (%d samples, %s): ratio %.2f",
 		tier.P50US, raw.P50US, base.P50US, base.Samples, base.Command, tier.Ratio)
+}
+
+// requireRDMA returns the hook, or skips loudly where this host cannot
+// measure RDMA (fails where DATENLORD_RDMA_REQUIRED is set: the guest).
+func requireRDMA(t *testing.T) *rdmabench.Hook {
+	t.Helper()
+	hook := rdmabench.New(rdmabench.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if ok, reason := hook.Available(); !ok {
+		if os.Getenv("DATENLORD_RDMA_REQUIRED") != "" {
+			t.Fatalf("DATENLORD_RDMA_REQUIRED is set but: %s", reason)
+		}
+		msg := "SKIP: " + reason + " (run make test-rdma)"
+		fmt.Fprintln(os.Stderr, "!!!!", msg)
+		t.Skip(msg)
+	}
+	return hook
+}
+
+// TestRDMARowsRemote runs the neighbor/rdma group in `bench tiers
+// --addr` mode against a node in this process (its own transport,
+// arena and RDMA registration, reached only through its address and the
+// cluster secret): the tier row reads the node's pages by RDMA READ.
+func TestRDMARowsRemote(t *testing.T) {
+	hook := requireRDMA(t)
+	n := tierstest.StartNode(t, 4096, 8, hook)
+	tr, err := tcpfallback.New(context.Background(), tcpfallback.Config{NodeID: "bench-client", Secret: n.Secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	rep, err := tiers.Run(context.Background(), tiers.Config{
+		Sizes: []int{4096}, Duration: 50 * time.Millisecond, Iterations: 300, MinSamples: 100, Parallel: 2,
+		Dir: t.TempDir(), NoS3: true, Only: []string{tiers.TierNeighborRDMA}, RDMA: hook,
+		Remote: &tiers.Remote{Addr: n.Addr, Transport: tr},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tier, ok := rep.Find(tiers.TierNeighborRDMA, 4096)
+	if !ok || tier.Skipped != "" || tier.Samples < 100 || tier.P50US <= 0 || tier.MBps <= 0 {
+		t.Fatalf("neighbor/rdma row: %+v", tier)
+	}
+	if base, _ := rep.Find(tiers.BaseIBReadLat, 4096); base.Skipped != "" || !strings.Contains(base.Note, n.Addr) {
+		t.Fatalf("ib_read_lat row: %+v, want measured, its note naming the node", base)
+	}
+	fmt.Printf("RDMA-LAT bench-neighbor-rdma-remote size=4096 p50_us=%.2f p99_us=%.2f\n", tier.P50US, tier.P99US)
+	t.Logf("remote neighbor/rdma p50 %.1fµs (ratio %.2f to ib_read_lat)", tier.P50US, tier.Ratio)
 }
 
 // ibReadLat4096 is what `ib_read_lat -d rxe0 -x 1 -s 4096 -n 20 -F -H -p
