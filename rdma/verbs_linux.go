@@ -144,6 +144,20 @@ static int dl_poll(struct ibv_cq *cq, dl_wc *out, int max) {
 	return n;
 }
 
+// dl_post_reads, then one poll of cq for completions into out (*reaped:
+// how many; 0 after a poll error, which the next poll reports again): a
+// READ that soft-RoCE completes inside the post is reaped in the same
+// call.
+static int dl_post_reads_poll(struct ibv_qp *qp, struct ibv_cq *cq, dl_read *ops, int n, int *posted, dl_wc *out, int max, int *reaped) {
+	int rc = dl_post_reads(qp, ops, n, posted);
+	*reaped = 0;
+	if (*posted > 0) {
+		int r = dl_poll(cq, out, max);
+		if (r > 0) *reaped = r;
+	}
+	return rc;
+}
+
 // Reaps up to max completions: busy-polls for spin_us, then arms the CQ
 // and sleeps on the completion channel for at most timeout_ms. Returns
 // the number reaped (0: timeout) or -errno. timeout_ms < 0: spin only,
@@ -182,6 +196,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -374,10 +389,11 @@ func (d *Device) Close() error {
 
 // MR is a registered memory region.
 type MR struct {
-	d   *Device
-	mu  sync.Mutex
-	mr  *C.struct_ibv_mr
-	buf []byte
+	d    *Device
+	mu   sync.Mutex
+	mr   *C.struct_ibv_mr
+	buf  []byte
+	lkey uint32 // mr's, read once at registration (a READ needs no cgo call for it)
 }
 
 // Register registers mem (which must not be Go-managed memory: use
@@ -406,7 +422,7 @@ func (d *Device) Register(mem []byte, access Access) (*MR, error) {
 		return nil, fmt.Errorf("rdma: register %d bytes on %s: %w", len(mem), d.name, err)
 	}
 	d.mrs++
-	return &MR{d: d, mr: mr, buf: mem}, nil
+	return &MR{d: d, mr: mr, buf: mem, lkey: uint32(C.dl_mr_lkey(mr))}, nil
 }
 
 // Bytes returns the registered memory.
@@ -416,7 +432,7 @@ func (m *MR) Bytes() []byte { return m.buf }
 func (m *MR) Addr() uint64 { return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(m.buf)))) }
 
 // LKey returns the local key.
-func (m *MR) LKey() uint32 { return uint32(C.dl_mr_lkey(m.mr)) }
+func (m *MR) LKey() uint32 { return m.lkey }
 
 // RKey returns the remote key: give it only to authenticated peers.
 func (m *MR) RKey() uint32 { return uint32(C.dl_mr_rkey(m.mr)) }
@@ -463,13 +479,41 @@ type QP struct {
 	pollMu   sync.Mutex
 	pollFree chan struct{} // a token when the poller role is free
 	wcs      [32]C.dl_wc   // the poller's completions (guarded by pollMu)
+
+	wrs [16]C.dl_read // work requests of a small Read (guarded by mu)
 }
 
-// batch is the READs of one Read call.
+// batch is the READs of one Read call. left and err are guarded by the
+// QP's mu; fin is set (under mu, after err) when the last READ is in, and
+// done, made only for a waiter that has to block, is closed then: a READ
+// whose caller reaps it itself allocates no channel.
 type batch struct {
 	left int
 	err  error
+	fin  atomic.Bool
 	done chan struct{}
+}
+
+// finishLocked marks b complete (q.mu held).
+func (b *batch) finishLocked() {
+	b.fin.Store(true)
+	if b.done != nil {
+		close(b.done)
+	}
+}
+
+// doneChan returns a channel closed when b completes, or nil when it
+// already has.
+func (q *QP) doneChan(b *batch) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if b.fin.Load() {
+		return nil
+	}
+	if b.done == nil {
+		b.done = make(chan struct{})
+	}
+	return b.done
 }
 
 // NewQP creates an RC queue pair in the INIT state; connect it with
@@ -610,19 +654,16 @@ func (q *QP) read(ctx context.Context, deadline time.Time, ops []ReadOp) error {
 	if len(ops) > q.cfg.MaxOutstanding {
 		return fmt.Errorf("rdma: batch of %d READs exceeds the QP's %d outstanding", len(ops), q.cfg.MaxOutstanding)
 	}
-	wrs := make([]C.dl_read, len(ops))
 	for i, op := range ops {
 		if op.Local == nil || op.Length <= 0 || op.Length > maxReadLength || op.Offset < 0 || op.Offset+op.Length > len(op.Local.buf) {
 			return fmt.Errorf("rdma: READ %d: %d bytes at offset %d do not fit the local region", i, op.Length, op.Offset)
 		}
 		op.Local.mu.Lock()
-		lmr := op.Local.mr
+		open := op.Local.mr != nil
 		op.Local.mu.Unlock()
-		if lmr == nil {
+		if !open {
 			return fmt.Errorf("rdma: READ %d: local region closed", i)
 		}
-		wrs[i] = C.dl_read{laddr: C.uint64_t(op.Local.Addr() + uint64(op.Offset)), raddr: C.uint64_t(op.RemoteAddr),
-			len: C.uint32_t(op.Length), lkey: C.dl_mr_lkey(lmr), rkey: C.uint32_t(op.RKey)}
 	}
 	for range ops { // bound what is in flight (back-pressure)
 		select {
@@ -632,30 +673,47 @@ func (q *QP) read(ctx context.Context, deadline time.Time, ops []ReadOp) error {
 			return fmt.Errorf("rdma: wait for a free send slot: %w", ctx.Err())
 		}
 	}
-	b := &batch{done: make(chan struct{})}
+	b := &batch{}
+	// A caller that can take the poller role polls in the call that
+	// posts (one cgo call when the READ completes at once).
+	polling := q.pollMu.TryLock()
 	q.mu.Lock()
+	var early error
 	switch {
 	case q.closed:
-		q.mu.Unlock()
-		q.release(len(ops))
-		return ErrClosed
+		early = ErrClosed
 	case q.broken != nil:
-		err := q.broken
-		q.mu.Unlock()
-		q.release(len(ops))
-		return err
+		early = q.broken
 	case !q.connected:
+		early = errors.New("rdma: READ on a QP that is not connected")
+	}
+	if early != nil {
 		q.mu.Unlock()
 		q.release(len(ops))
-		return errors.New("rdma: READ on a QP that is not connected")
+		if polling {
+			q.releasePoller()
+		}
+		return early
 	}
-	for i := range wrs {
+	// The work requests: in the QP's scratch (guarded by mu, which is
+	// held until they are posted) unless the batch is large.
+	wrs := q.wrs[:0]
+	if len(ops) > len(q.wrs) {
+		wrs = make([]C.dl_read, 0, len(ops))
+	}
+	for _, op := range ops {
 		q.nextID++
-		wrs[i].id = C.uint64_t(q.nextID)
+		wrs = append(wrs, C.dl_read{id: C.uint64_t(q.nextID), laddr: C.uint64_t(op.Local.Addr() + uint64(op.Offset)), raddr: C.uint64_t(op.RemoteAddr),
+			len: C.uint32_t(op.Length), lkey: C.uint32_t(op.Local.lkey), rkey: C.uint32_t(op.RKey)})
 		q.batches[q.nextID] = b
 	}
-	var posted C.int
-	rc := C.dl_post_reads(q.qp, &wrs[0], C.int(len(wrs)), &posted)
+	var posted, reaped C.int
+	var rc C.int
+	if polling {
+		rc = C.dl_post_reads_poll(q.qp, q.cq, &wrs[0], C.int(len(wrs)), &posted, &q.wcs[0], C.int(len(q.wcs)), &reaped)
+	} else {
+		rc = C.dl_post_reads(q.qp, &wrs[0], C.int(len(wrs)), &posted)
+	}
 	b.left = int(posted)
 	var postErr error
 	if rc != 0 {
@@ -666,13 +724,16 @@ func (q *QP) read(ctx context.Context, deadline time.Time, ops []ReadOp) error {
 		q.breakLocked(postErr)
 	}
 	if b.left == 0 {
-		close(b.done)
+		b.finishLocked()
 	}
 	q.mu.Unlock()
 	if n := len(wrs) - int(posted); n > 0 {
 		q.release(n)
 	}
-	err := q.wait(ctx, deadline, b)
+	if reaped > 0 {
+		q.dispatch(q.wcs[:reaped])
+	}
+	err := q.wait(ctx, deadline, b, polling)
 	if postErr != nil {
 		return postErr
 	}
@@ -715,9 +776,18 @@ func expired(ctx context.Context, deadline time.Time) error {
 	return nil
 }
 
+// releasePoller gives up the poller role and hands it to a waiter.
+func (q *QP) releasePoller() {
+	q.pollMu.Unlock()
+	select {
+	case q.pollFree <- struct{}{}:
+	default:
+	}
+}
+
 // wait returns when b's READs are all complete, polling as the QP's
-// poller when nobody else is.
-func (q *QP) wait(ctx context.Context, deadline time.Time, b *batch) error {
+// poller when nobody else is (polling: the caller holds that role).
+func (q *QP) wait(ctx context.Context, deadline time.Time, b *batch, polling bool) error {
 	ctxDone := ctx.Done()
 	var hard <-chan time.Time
 	var timer *time.Timer // the deadline, armed only when waiting for another poller
@@ -730,18 +800,16 @@ func (q *QP) wait(ctx context.Context, deadline time.Time, b *batch) error {
 	var why error // set when the READs were abandoned
 	cancelled := false
 	for {
-		select {
-		case <-b.done:
-			return b.err
-		default:
-		}
-		if q.pollMu.TryLock() {
-			err := q.pollUntil(ctx, deadline, cancelled, b)
-			q.pollMu.Unlock()
-			select { // hand the poller role on
-			case q.pollFree <- struct{}{}:
-			default:
+		if b.fin.Load() {
+			if polling {
+				q.releasePoller()
 			}
+			return b.err
+		}
+		if polling || q.pollMu.TryLock() {
+			polling = false
+			err := q.pollUntil(ctx, deadline, cancelled, b)
+			q.releasePoller()
 			if err != nil {
 				return err
 			}
@@ -751,9 +819,13 @@ func (q *QP) wait(ctx context.Context, deadline time.Time, b *batch) error {
 			timer = time.NewTimer(time.Until(deadline))
 			timeout = timer.C
 		}
+		done := q.doneChan(b)
+		if done == nil {
+			return b.err
+		}
 		var cause error
 		select {
-		case <-b.done:
+		case <-done:
 			return b.err
 		case <-q.pollFree:
 		case <-ctxDone:
@@ -799,10 +871,8 @@ func (q *QP) pollUntil(ctx context.Context, deadline time.Time, cancelled bool, 
 	spin := time.Duration(q.cfg.SpinMicroseconds) * time.Microsecond
 	spinUntil := time.Now().Add(spin)
 	for {
-		select {
-		case <-b.done:
+		if b.fin.Load() {
 			return nil
-		default:
 		}
 		if q.cq == nil { // destroyed by Close (which holds pollMu to do it)
 			return ErrClosed
@@ -860,7 +930,7 @@ func (q *QP) dispatch(wcs []C.dl_wc) {
 		}
 		b.left--
 		if b.left == 0 {
-			close(b.done)
+			b.finishLocked()
 		}
 	}
 	q.mu.Unlock()
@@ -906,7 +976,7 @@ func (q *QP) Close() error {
 		if b.left > 0 {
 			b.left = 0
 			b.err = fmt.Errorf("%w before close: %w", ErrNotFlushed, ErrClosed)
-			close(b.done)
+			b.finishLocked()
 		}
 	}
 	q.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -116,6 +117,7 @@ func newBenchTiersCmd(s streams) *cobra.Command {
 		logLevel           string
 		rdmaDevice         string
 		addr, secretFile   string
+		cpuProfile         string
 	)
 	c := &cobra.Command{
 		Use:   "tiers --local | --addr HOST:PORT",
@@ -193,6 +195,13 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 				RDMA:   rdmabench.New(rdmabench.Config{Device: rdmaDevice, Logger: logger}),
 				Logger: logger,
 			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			if addr != "" {
 				rm, closeRemote, err := dialBenchRemote(ctx, c, s, addr, secretFile, logger)
 				if err != nil {
@@ -241,6 +250,7 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 	f.StringVar(&jsonPath, "json", "", "write every row as JSON to FILE")
 	f.StringVar(&plotPath, "plot", "", "draw the latency distributions to FILE (.svg or .png)")
 	f.StringVar(&logLevel, "log-level", "warn", "log level of the measured components (debug, info, warn, error)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to FILE (go tool pprof FILE)")
 	f.StringVar(&rdmaDevice, "rdma-device", "", "RDMA device of the neighbor/rdma and ib_read_lat rows (default: the first)")
 	return c
 }
@@ -420,4 +430,18 @@ func dialBenchRemote(ctx context.Context, c *cobra.Command, s streams, addr, sec
 		return nil, nil, fmt.Errorf("create client transport: %w", err)
 	}
 	return &tiers.Remote{Addr: addr, Transport: t}, func() { _ = t.Close() }, nil
+}
+
+// startCPUProfile starts a CPU profile into path; stop ends it and
+// closes the file.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
 }
