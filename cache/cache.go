@@ -81,7 +81,9 @@ type Tier interface {
 	// Get copies the page into dst (len(dst) >= page size) and returns its
 	// length; ok is false on a miss.
 	Get(ctx context.Context, key PageKey, dst []byte) (n int, ok bool, err error)
-	// Put offers a page to the tier; the tier may decline it.
+	// Put offers a page to the tier; the tier may decline it. data is
+	// only valid during the call (callers reuse the buffer: a prefetch's
+	// block buffer is pooled): a tier that keeps the page copies it.
 	Put(ctx context.Context, key PageKey, data []byte, access Access) error
 	// DropBlock removes every page of a block (after garbage collection).
 	DropBlock(ctx context.Context, block uint64)

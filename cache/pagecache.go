@@ -248,6 +248,7 @@ func (c *Cache) PutBlock(ctx context.Context, block uint64, data []byte, access 
 // page afterwards; that page is still valid (blocks are immutable) and
 // ages out like any other.
 func (c *Cache) DropBlock(ctx context.Context, block uint64) {
+	c.pf.dropRetained(block)
 	for _, t := range c.tiers {
 		t.DropBlock(ctx, block)
 	}

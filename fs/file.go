@@ -363,6 +363,13 @@ func (fs *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) 
 	access := cache.AccessRandom
 	if fs.observeRead(h, f, in.Offset, n) { // readahead.go
 		access = cache.AccessSequential
+		if pp, ok := fs.cache.(prefetchPinner); ok {
+			r, err := fs.readSequential(fs.ctx(), f, in.Offset, dst, pp) // readdirect.go
+			if err != nil {
+				return nil, fs.toStatus("read", err)
+			}
+			return r, fuse.OK
+		}
 	}
 	if err := fs.readLocked(fs.ctx(), f, in.Offset, dst, access); err != nil {
 		return nil, fs.toStatus("read", err)
