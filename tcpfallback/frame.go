@@ -10,7 +10,11 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Frame layout constants; see the package doc for the drawing.
@@ -140,6 +144,17 @@ type frameReader struct {
 	scratch   []byte
 	table     *crc32.Table
 
+	// raw, when the connection exposes its descriptor, reads the end of
+	// a payload together with the trailer in one readv (readTail);
+	// tailIov, tailN and tailErr are readTail's, held here so that the
+	// read allocates nothing; tailHave counts trailer bytes it read.
+	raw      syscall.RawConn
+	rawRead  func(fd uintptr) bool
+	tailIov  [2]unix.Iovec
+	tailN    int
+	tailErr  error
+	tailHave int
+
 	// dlMu guards waiting and, while waiting, dl: interrupt may run on
 	// another goroutine.
 	dlMu    sync.Mutex
@@ -148,7 +163,58 @@ type frameReader struct {
 }
 
 func newFrameReader(conn net.Conn, r io.Reader, maxFrame int, timeout time.Duration, table *crc32.Table) *frameReader {
-	return &frameReader{conn: conn, br: bufio.NewReaderSize(r, 32<<10), maxFrame: maxFrame, timeout: timeout, table: table}
+	fr := &frameReader{conn: conn, br: bufio.NewReaderSize(r, 32<<10), maxFrame: maxFrame, timeout: timeout, table: table}
+	if sc, ok := conn.(syscall.Conn); ok && conn == r {
+		if raw, err := sc.SyscallConn(); err == nil {
+			fr.raw = raw
+			fr.rawRead = fr.readvOnce
+		}
+	}
+	return fr
+}
+
+// readvOnce is the RawConn.Read callback of readTail: one readv into
+// tailIov; false (wait for data) on EAGAIN.
+func (r *frameReader) readvOnce(fd uintptr) bool {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.tailIov[0])), uintptr(len(r.tailIov)))
+		switch errno {
+		case 0:
+			r.tailN, r.tailErr = int(n), nil
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		r.tailN, r.tailErr = 0, errno
+		return true
+	}
+}
+
+// readTail reads into body and the rest of the trailer with one readv
+// straight from the socket (the buffer must be empty): what arrives of
+// the payload's end and its trailer in one system call, where reading
+// them through the buffer costs a second call for the trailer's few
+// bytes. It returns the body bytes read (trailer bytes are counted in
+// tailHave).
+func (r *frameReader) readTail(body []byte) (int, error) {
+	t := r.trailer[r.tailHave:]
+	r.tailIov[0].Base, r.tailIov[0].Len = unsafe.SliceData(body), uint64(len(body))
+	r.tailIov[1].Base, r.tailIov[1].Len = unsafe.SliceData(t), uint64(len(t))
+	if err := r.raw.Read(r.rawRead); err != nil {
+		return 0, err
+	}
+	r.tailIov = [2]unix.Iovec{} // no stale pointers into the caller's buffer
+	if r.tailErr != nil {
+		return 0, r.tailErr
+	}
+	if r.tailN == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := min(r.tailN, len(body))
+	r.tailHave += r.tailN - n
+	return n, nil
 }
 
 // setDeadline sets the connection's read deadline unless it is set
@@ -284,7 +350,13 @@ func (r *frameReader) readPayloadSum(head, body []byte) (uint32, error) {
 	}
 	var sum uint32
 	for off := 0; off < len(body); {
-		n, err := r.br.Read(body[off:min(off+sumChunk, len(body))])
+		var n int
+		var err error
+		if rest := len(body) - off; r.raw != nil && r.br.Buffered() == 0 && rest <= sumChunk && rest >= r.br.Size() {
+			n, err = r.readTail(body[off:])
+		} else {
+			n, err = r.br.Read(body[off:min(off+sumChunk, len(body))])
+		}
 		if n > 0 {
 			b := body[off : off+n]
 			sum = crc32.Update(sum, r.table, b)
@@ -325,8 +397,11 @@ func (r *frameReader) discardPayload(n uint32) error {
 
 func (r *frameReader) readTrailer() error {
 	// r.trailer, not a local array: a local escapes through io.ReadFull
-	// and would cost an allocation per frame.
-	if _, err := io.ReadFull(r.br, r.trailer[:]); err != nil {
+	// and would cost an allocation per frame. readTail may have read
+	// some (or all) of it.
+	have := r.tailHave
+	r.tailHave = 0
+	if _, err := io.ReadFull(r.br, r.trailer[have:]); err != nil {
 		return midFrame(err)
 	}
 	r.disarm()
