@@ -232,8 +232,11 @@ type NeighborTier struct {
 	fills  map[uint64]*blockFill
 
 	offers chan offer
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	// congested is set when a writer's wait for offer queue room timed
+	// out, cleared when the queue drains to half (PutWait).
+	congested atomic.Bool
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // peerState is the liveness of one peer; guarded by NeighborTier.mu.
@@ -766,22 +769,89 @@ func (n *NeighborTier) Put(ctx context.Context, key PageKey, data []byte, _ Acce
 	return nil
 }
 
-// enqueue queues a copy of a page for its owner, or drops it.
+// PutWait is Put for the write path (Cache.PutBlock): when the offer
+// queue is full it waits for room until ctx ends, rather than dropping
+// the page, so that a fast writer leaves every page it wrote at its
+// owner (a dropped offer costs the cluster a store GET later).
+func (n *NeighborTier) PutWait(ctx context.Context, key PageKey, data []byte, _ Access) error {
+	if serving(ctx) || n.cfg.ReadOnly || len(data) == 0 || len(data) > n.cfg.PageSize {
+		return nil
+	}
+	live := n.liveNodes()
+	if !n.clustered(live) {
+		return nil
+	}
+	owner, _ := hrwOwner(live, key)
+	if owner.ID == n.cfg.Self {
+		return nil
+	}
+	if n.congested.Load() {
+		// The last wait timed out (an owner slow or unreachable): drop
+		// rather than stall the writer again, until the queue drains.
+		n.enqueue(owner, key, data)
+		return nil
+	}
+	if !n.enqueueWait(owner, key, data, ctx.Done(), maxOfferQueueWait) {
+		n.congested.Store(true)
+	}
+	return nil
+}
+
+// maxOfferQueueWait bounds how long PutWait waits for room in the offer
+// queue; after a wait that timed out the writer does not wait again until
+// the queue has drained to half (offerLoop clears congested).
+const maxOfferQueueWait = 200 * time.Millisecond
+
+// OwnedHere reports whether this node is where page key belongs: it owns
+// it, or no other cache node is live. A read-only tier owns nothing.
+func (n *NeighborTier) OwnedHere(key PageKey) bool {
+	live := n.liveNodes()
+	if !n.clustered(live) {
+		return !n.cfg.ReadOnly
+	}
+	owner, _ := hrwOwner(live, key)
+	return owner.ID == n.cfg.Self
+}
+
+// enqueue queues a copy of a page for its owner, or drops it when the
+// queue is full.
 func (n *NeighborTier) enqueue(to Node, key PageKey, data []byte) {
+	n.enqueueWait(to, key, data, nil, 0)
+}
+
+// enqueueWait is enqueue that, when the queue is full, waits up to wait
+// for room (or until done is closed) before it drops the page. It reports
+// whether the page was queued (a closed tier counts as queued: there is
+// nothing to wait for).
+func (n *NeighborTier) enqueueWait(to Node, key PageKey, data []byte, done <-chan struct{}, wait time.Duration) bool {
 	n.mu.Lock()
 	closed := n.closed
 	n.mu.Unlock()
 	if closed {
-		return
+		return true
 	}
 	bp := n.bufs.Get().(*[]byte)
 	copied := copy((*bp)[putReqSize:], data)
+	o := offer{to: to, key: key, data: bp, n: copied}
 	select {
-	case n.offers <- offer{to: to, key: key, data: bp, n: copied}:
+	case n.offers <- o:
+		return true
 	default:
-		n.bufs.Put(bp)
-		n.m.offersDropped.Inc()
 	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case n.offers <- o:
+			return true
+		case <-t.C:
+		case <-done:
+		case <-n.stop:
+		}
+	}
+	n.bufs.Put(bp)
+	n.m.offersDropped.Inc()
+	return false
 }
 
 func (n *NeighborTier) offerLoop() {
@@ -792,6 +862,9 @@ func (n *NeighborTier) offerLoop() {
 			return
 		case o := <-n.offers:
 			n.sendOffer(o)
+			if n.congested.Load() && len(n.offers) < cap(n.offers)/2 {
+				n.congested.Store(false)
+			}
 		}
 	}
 }

@@ -122,6 +122,13 @@ func (c *Cache) ReadPage(ctx context.Context, key PageKey, length int, dst []byt
 		}
 		if ok && n == length {
 			c.tierM[i].hits.Inc()
+			if _, remote := t.(*NeighborTier); remote && access == AccessSequential {
+				// A scan's page another node owns is not copied here: the
+				// cluster keeps one copy per page (at its owner), and a
+				// scan duplicating every page it reads would evict the
+				// pages this node owns for the others.
+				return n, nil
+			}
 			for _, upper := range c.tiers[:i] {
 				c.offer(ctx, upper, key, dst[:n], access)
 			}
@@ -229,17 +236,37 @@ func isContextErr(err error) bool {
 // that reading back what was just written does not go to the store. Every
 // tier is offered every page; tiers decide admission. Unlike the read-miss
 // path, the write path waits for room in a tier's write queue (the disk
-// tier's) instead of having the page dropped: writers are throttled to the
-// cache device's speed, and what was written stays cached across a
-// restart.
+// tier's, the neighbor tier's offers) instead of having the page dropped:
+// writers are throttled to the cache device's speed, and what was written
+// stays cached across a restart.
+//
+// In a cluster the memory tier keeps only the pages this node owns: the
+// others go to their owners (the neighbor tier), and a writer that kept
+// every page it wrote would evict the pages it owns for the cluster.
 func (c *Cache) PutBlock(ctx context.Context, block uint64, data []byte, access Access) {
 	ps := c.cfg.PageSize
+	nb := c.neighbor()
 	for off, idx := 0, uint32(0); off < len(data); off, idx = off+ps, idx+1 {
 		page := data[off:min(off+ps, len(data))]
+		key := PageKey{Block: block, Index: idx}
+		owned := nb == nil || nb.OwnedHere(key)
 		for _, t := range c.tiers {
-			c.offerWait(ctx, t, PageKey{Block: block, Index: idx}, page, access) // tier_hints.go
+			if !owned && t == Tier(c.memory) {
+				continue
+			}
+			c.offerWait(ctx, t, key, page, access) // tier_hints.go
 		}
 	}
+}
+
+// neighbor returns the cache's neighbor tier, or nil.
+func (c *Cache) neighbor() *NeighborTier {
+	for _, t := range c.tiers {
+		if nb, ok := t.(*NeighborTier); ok {
+			return nb
+		}
+	}
+	return nil
 }
 
 // DropBlock removes every page of a block from every tier. The memory tier

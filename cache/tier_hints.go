@@ -67,6 +67,12 @@ func (t *DiskTier) WaitWritable(ctx context.Context) error {
 	return nil
 }
 
+// waitingPutter is a Tier with a Put for the write path that waits for
+// queue room rather than dropping the page (the neighbor tier's offers).
+type waitingPutter interface {
+	PutWait(ctx context.Context, key PageKey, data []byte, access Access) error
+}
+
 // maxOfferWait bounds how long offerWait waits for a tier's write queue
 // for one page.
 const maxOfferWait = 10 * time.Second
@@ -78,6 +84,12 @@ const maxOfferWait = 10 * time.Second
 // writers are throttled to the cache device's speed instead of leaving
 // what they wrote uncached (and a restarted node cold).
 func (c *Cache) offerWait(ctx context.Context, t Tier, key PageKey, data []byte, access Access) {
+	if wp, ok := t.(waitingPutter); ok { // it bounds its own wait
+		if err := wp.PutWait(ctx, key, data, access); err != nil {
+			c.log.Warn("cache tier put failed", "tier", t.Name(), "block", key.Block, "page", key.Index, "err", err)
+		}
+		return
+	}
 	h, holds := t.(pageHolder)
 	w, waits := t.(writeWaiter)
 	var deadline time.Time

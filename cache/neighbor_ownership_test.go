@@ -92,3 +92,60 @@ func TestMemoryPages(t *testing.T) {
 		t.Errorf("MemoryPages(0) listed %d", len(got))
 	}
 }
+
+// TestPutBlockInClusterKeepsOwnedPages: a written block's pages stay in
+// the writer's memory only where the writer owns them; every other page
+// reaches its owner (the write path waits for offer queue room rather
+// than dropping), so reading the block anywhere costs no store GET.
+func TestPutBlockInClusterKeepsOwnedPages(t *testing.T) {
+	cl := newNBCluster(t, 2, nbOptions{offerQueue: 2})
+	ctx := context.Background()
+	const nblocks = 16
+	blocks := map[uint64][]byte{}
+	for b := uint64(1); b <= nblocks; b++ {
+		data := make([]byte, nbBlock)
+		for i := range data {
+			data[i] = byte(i*7 + int(b))
+		}
+		blocks[b] = data
+		if err := cl.st.Put(ctx, b, data); err != nil {
+			t.Fatal(err)
+		}
+		cl.nodes[0].c.PutBlock(ctx, b, data, cache.AccessRandom)
+	}
+	if d := metric(cl.nodes[0].reg, "datenlord_neighbor_offers_total", map[string]string{"result": "dropped"}); d != 0 {
+		t.Errorf("the writer dropped %v offers", d)
+	}
+	held := map[cache.PageKey]bool{}
+	for _, k := range cl.nodes[0].c.MemoryPages(1 << 20) {
+		held[k] = true
+	}
+	owned := 0
+	for b := range blocks {
+		for idx := range uint32(nbBlock / nbPage) {
+			k := cache.PageKey{Block: b, Index: idx}
+			own := cl.nodes[0].nb.OwnedHere(k)
+			if own {
+				owned++
+			}
+			if held[k] != own {
+				t.Fatalf("page %v: in the writer's memory %v, owned by the writer %v", k, held[k], own)
+			}
+		}
+	}
+	if owned == 0 || owned == nblocks*nbBlock/nbPage {
+		t.Fatalf("the writer owns %d of %d pages: the hashing did not spread them", owned, nblocks*nbBlock/nbPage)
+	}
+	// Offers are sent asynchronously: wait until n2 has its pages.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(cl.nodes[1].c.MemoryPages(1<<20)) < nblocks*nbBlock/nbPage-owned && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	gets := cl.gets()
+	for _, nd := range cl.nodes {
+		readAll(t, nd.c, blocks, 1, cache.AccessRandom)
+	}
+	if g := cl.gets() - gets; g != 0 {
+		t.Errorf("reading the written blocks on both nodes cost %v store GETs", g)
+	}
+}
