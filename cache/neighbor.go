@@ -754,18 +754,9 @@ func (n *NeighborTier) Hint(key PageKey) (SlotLocation, bool) {
 // drops when full). Pages this node owns, pages of a request served for a
 // peer and pages of a down owner are not sent.
 func (n *NeighborTier) Put(ctx context.Context, key PageKey, data []byte, _ Access) error {
-	if serving(ctx) || n.cfg.ReadOnly || len(data) == 0 || len(data) > n.cfg.PageSize {
-		return nil
+	if owner, ok := n.offerTo(ctx, key, data); ok {
+		n.enqueue(owner, key, data)
 	}
-	live := n.liveNodes()
-	if !n.clustered(live) {
-		return nil
-	}
-	owner, _ := hrwOwner(live, key)
-	if owner.ID == n.cfg.Self {
-		return nil
-	}
-	n.enqueue(owner, key, data)
 	return nil
 }
 
@@ -774,27 +765,32 @@ func (n *NeighborTier) Put(ctx context.Context, key PageKey, data []byte, _ Acce
 // the page, so that a fast writer leaves every page it wrote at its
 // owner (a dropped offer costs the cluster a store GET later).
 func (n *NeighborTier) PutWait(ctx context.Context, key PageKey, data []byte, _ Access) error {
-	if serving(ctx) || n.cfg.ReadOnly || len(data) == 0 || len(data) > n.cfg.PageSize {
-		return nil
-	}
-	live := n.liveNodes()
-	if !n.clustered(live) {
-		return nil
-	}
-	owner, _ := hrwOwner(live, key)
-	if owner.ID == n.cfg.Self {
-		return nil
-	}
-	if n.congested.Load() {
+	owner, ok := n.offerTo(ctx, key, data)
+	switch {
+	case !ok:
+	case n.congested.Load():
 		// The last wait timed out (an owner slow or unreachable): drop
 		// rather than stall the writer again, until the queue drains.
 		n.enqueue(owner, key, data)
-		return nil
-	}
-	if !n.enqueueWait(owner, key, data, ctx.Done(), maxOfferQueueWait) {
+	case !n.enqueueWait(owner, key, data, ctx.Done(), maxOfferQueueWait):
 		n.congested.Store(true)
 	}
 	return nil
+}
+
+// offerTo returns the owner a page offered to this tier goes to; ok is
+// false when it goes nowhere: a read-only tier, a request served for a
+// peer, an empty or oversized page, no other live node, or our own page.
+func (n *NeighborTier) offerTo(ctx context.Context, key PageKey, data []byte) (owner Node, ok bool) {
+	if serving(ctx) || n.cfg.ReadOnly || len(data) == 0 || len(data) > n.cfg.PageSize {
+		return Node{}, false
+	}
+	live := n.liveNodes()
+	if !n.clustered(live) {
+		return Node{}, false
+	}
+	owner, _ = hrwOwner(live, key)
+	return owner, owner.ID != n.cfg.Self
 }
 
 // maxOfferQueueWait bounds how long PutWait waits for room in the offer
