@@ -79,17 +79,17 @@ while IFS=: read -r file line; do
 	# go's fuzz coordinator can end a run with a bare "context deadline
 	# exceeded" when a worker is slow to stop at -fuzztime on a loaded
 	# machine; that is no finding (no failing input is written), so such a
-	# run is tried once more. A real failure writes testdata/fuzz/... and
-	# fails the step.
-	out=$("$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1)
-	rc=$?
-	echo "$out" | tee -a ci/out/fuzz.log
-	if [ $rc -ne 0 ] && grep -q 'context deadline exceeded' <<<"$out" && ! grep -q 'Failing input written' <<<"$out"; then
-		echo "== fuzz $name: the fuzz engine timed out stopping (no failing input); running it again"
+	# run is tried again, up to three runs in all. A real failure writes
+	# testdata/fuzz/... and fails the step.
+	for attempt in 1 2 3; do
 		out=$("$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1)
 		rc=$?
 		echo "$out" | tee -a ci/out/fuzz.log
-	fi
+		if [ $rc -eq 0 ] || ! grep -q 'context deadline exceeded' <<<"$out" || grep -q 'Failing input written' <<<"$out"; then
+			break
+		fi
+		[ $attempt -lt 3 ] && echo "== fuzz $name: the fuzz engine timed out stopping (no failing input); running it again"
+	done
 	if [ $rc -ne 0 ]; then
 		fuzzfail=1
 	fi
