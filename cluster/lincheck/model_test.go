@@ -98,3 +98,40 @@ func TestStaleReadIsAViolation(t *testing.T) {
 		t.Fatalf("synthetic stale read: %v, want Illegal", res)
 	}
 }
+
+// TestRenameNoReplaceEEXIST: the kernel decides a RENAME_NOREPLACE's
+// EEXIST from two lookups at different instants, so EEXIST is legal
+// where "to" exists, even when "from" is already gone (another node's
+// rename(c, b) between the lookups), but never where "to" cannot exist.
+func TestRenameNoReplaceEEXIST(t *testing.T) {
+	create := func(c, name int, call, ret int64) porcupine.Operation {
+		return op(c, Input{Kind: Create, Dir: "d", Name: name, Mode: 0o644}, call, Output{}, ret)
+	}
+	for _, tc := range []struct {
+		name string
+		h    []porcupine.Operation
+		want porcupine.CheckResult
+	}{
+		{"concurrent rename(c, b) moved c onto b", []porcupine.Operation{
+			create(0, 2, 0, 1),
+			op(0, Input{Kind: Rename, Dir: "d", Name: 2, To: 1}, 10, Output{}, 20),
+			op(1, Input{Kind: Rename, Dir: "d", Name: 2, To: 1}, 15, Output{Errno: unix.EEXIST}, 25),
+		}, porcupine.Ok},
+		{"to never existed", []porcupine.Operation{
+			create(0, 2, 0, 1),
+			op(1, Input{Kind: Rename, Dir: "d", Name: 2, To: 1}, 15, Output{Errno: unix.EEXIST}, 25),
+		}, porcupine.Illegal},
+		{"to gone before the rename began", []porcupine.Operation{
+			create(0, 1, 0, 1),
+			create(0, 2, 2, 3),
+			op(0, Input{Kind: Unlink, Dir: "d", Name: 1}, 4, Output{}, 5),
+			op(1, Input{Kind: Rename, Dir: "d", Name: 2, To: 1}, 10, Output{Errno: unix.EEXIST}, 20),
+		}, porcupine.Illegal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if res, err := Check(tc.h, 10*time.Second, ""); res != tc.want {
+				t.Fatalf("got %v (%v), want %v", res, err, tc.want)
+			}
+		})
+	}
+}
