@@ -132,17 +132,7 @@ func TestUncheckedResponseOnlyWhenAsked(t *testing.T) {
 
 	// A rogue server: valid handshake, then an unchecked response to a
 	// checked request.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := serveOne(t, func(c net.Conn) {
 		if _, err := serverHandshake(c, testSecret, "rogue", func(string) bool { return false }); err != nil {
 			return
 		}
@@ -156,13 +146,34 @@ func TestUncheckedResponseOnlyWhenAsked(t *testing.T) {
 		}
 		_, _ = c.Write(encodeUncheckedFrame(header{op: h.op, id: h.id, flags: flagResponse | flagUnchecked}, []byte("forged")))
 		_, _ = io.Copy(io.Discard, c)
-	}()
+	})
 	cli := newNode(t, "client", nil)
-	_, err = cli.Call(context.Background(), ln.Addr().String(), opEcho, []byte("x"))
+	_, err := cli.Call(context.Background(), addr, opEcho, []byte("x"))
 	if err == nil || !strings.Contains(err.Error(), "unchecked response to a checked request") {
 		t.Fatalf("unchecked response to a checked call: %v", err)
 	}
 	if v := metricValue(t, cli.reg, "datenlord_transport_frame_errors_total", map[string]string{"reason": "unexpected"}); v != 1 {
 		t.Fatalf("frame errors{unexpected} = %v, want 1", v)
 	}
+}
+
+// serveOne listens on 127.0.0.1, runs serve on the first connection it
+// accepts (closing it afterwards) and returns the address; the listener
+// closes when the test ends.
+func serveOne(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
+	return ln.Addr().String()
 }

@@ -45,17 +45,7 @@ func TestReadTailOverTCP(t *testing.T) {
 		{name: "ends inside the trailer", frame: frame[:end+2], splits: []int{40 << 10}, close: true, want: "truncated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
+			addr := serveOne(t, func(c net.Conn) {
 				prev := 0
 				for _, at := range append(tc.splits, len(tc.frame)) {
 					if _, err := c.Write(tc.frame[prev:at]); err != nil {
@@ -67,8 +57,8 @@ func TestReadTailOverTCP(t *testing.T) {
 				if !tc.close {
 					time.Sleep(time.Second) // the reader must not need EOF
 				}
-			}()
-			conn, err := net.Dial("tcp", ln.Addr().String())
+			})
+			conn, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}

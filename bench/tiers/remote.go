@@ -62,6 +62,13 @@ type pingPongResponse struct {
 	Addr string `json:"addr,omitempty"`
 }
 
+// pingPongServer is a ping-pong baseline server a NodeOps started: its
+// stop function and the timer that ends its lifetime.
+type pingPongServer struct {
+	stop func()
+	life *time.Timer
+}
+
 // NodeOps serves the remote bench ops on a running node. Close stops the
 // ping-pong servers it started.
 type NodeOps struct {
@@ -73,8 +80,7 @@ type NodeOps struct {
 
 	mu      sync.Mutex
 	closed  bool
-	servers map[string]*time.Timer // addr -> its lifetime timer
-	stops   map[string]func()
+	servers map[string]pingPongServer // by address
 }
 
 // ServeNodeOps registers OpSample and OpPingPong on tr, answering from c
@@ -91,7 +97,7 @@ func ServeNodeOps(tr *tcpfallback.Transport, c *cache.Cache, nodeID string, bloc
 		host = ""
 	}
 	o := &NodeOps{c: c, nodeID: nodeID, host: host, blockSize: blockSize, log: log,
-		servers: map[string]*time.Timer{}, stops: map[string]func(){}}
+		servers: map[string]pingPongServer{}}
 	tr.Handle(OpSample, o.sample)
 	tr.Handle(OpPingPong, o.pingPong)
 	return o
@@ -135,15 +141,14 @@ func (o *NodeOps) pingPong(_ context.Context, peer string, req []byte) ([]byte, 
 	if o.closed {
 		return nil, errors.New("bench ping-pong: node shutting down")
 	}
-	if len(o.stops) >= maxPingPongAlive {
-		return nil, fmt.Errorf("bench ping-pong: %d servers already running (a bench is in progress)", len(o.stops))
+	if len(o.servers) >= maxPingPongAlive {
+		return nil, fmt.Errorf("bench ping-pong: %d servers already running (a bench is in progress)", len(o.servers))
 	}
 	addr, stop, err := pingpong.ServeOn(o.host, r.MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("bench ping-pong: %w", err)
 	}
-	o.stops[addr] = stop
-	o.servers[addr] = time.AfterFunc(life, func() { o.stop(addr) })
+	o.servers[addr] = pingPongServer{stop: stop, life: time.AfterFunc(life, func() { o.stop(addr) })}
 	o.log.Info("bench ping-pong baseline server started", "addr", addr, "peer", peer, "size", r.MaxSize, "life", life)
 	return json.Marshal(pingPongResponse{Addr: addr})
 }
@@ -151,15 +156,14 @@ func (o *NodeOps) pingPong(_ context.Context, peer string, req []byte) ([]byte, 
 // stop stops the ping-pong server at addr, if running.
 func (o *NodeOps) stop(addr string) {
 	o.mu.Lock()
-	stop, ok := o.stops[addr]
+	srv, ok := o.servers[addr]
 	if ok {
-		o.servers[addr].Stop()
-		delete(o.stops, addr)
+		srv.life.Stop()
 		delete(o.servers, addr)
 	}
 	o.mu.Unlock()
 	if ok {
-		stop()
+		srv.stop()
 		o.log.Info("bench ping-pong baseline server stopped", "addr", addr)
 	}
 }
@@ -168,8 +172,8 @@ func (o *NodeOps) stop(addr string) {
 func (o *NodeOps) Close() {
 	o.mu.Lock()
 	o.closed = true
-	addrs := make([]string, 0, len(o.stops))
-	for a := range o.stops {
+	addrs := make([]string, 0, len(o.servers))
+	for a := range o.servers {
 		addrs = append(addrs, a)
 	}
 	o.mu.Unlock()
