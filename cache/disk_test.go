@@ -21,7 +21,7 @@ import (
 	"github.com/datenlord/datenlord-go/store"
 )
 
-var diskEngines = []string{iouring.KindUring, iouring.KindPsync}
+var diskEngines = []string{iouring.KindUring, iouring.KindUringSQPoll, iouring.KindPsync}
 
 // forEachDiskEngine runs f as a subtest per I/O engine.
 func forEachDiskEngine(t *testing.T, f func(t *testing.T, engine string)) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -15,7 +16,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var engineKinds = []string{KindUring, KindPsync}
+var engineKinds = []string{KindUring, KindUringSQPoll, KindPsync}
+
+// uringModes are the io_uring engine's three ways of running a ring: the
+// owner thread (SINGLE_ISSUER|DEFER_TASKRUN), the pre-6.1 fallback
+// (submitter thread and reaper), and SQPOLL.
+var uringModes = []struct {
+	name string
+	cfg  Config
+}{
+	{"owner", Config{Kind: KindUring}},
+	{"legacy", Config{Kind: KindUring, noOwner: true}},
+	{"sqpoll", Config{Kind: KindUringSQPoll}},
+}
 
 // forEachEngine runs f as a subtest against every engine kind.
 func forEachEngine(t *testing.T, f func(t *testing.T, e Engine)) {
@@ -185,42 +198,52 @@ func TestErrors(t *testing.T) {
 	})
 }
 
+// TestConcurrent runs more callers than the kernel completes per
+// io_uring_enter on a DEFER_TASKRUN ring (20 since Linux 6.13), so rounds
+// that leave completions for the next call are exercised; and it runs them
+// with one P too, where a ring owner that slept in the kernel holding its P
+// starved every caller until sysmon took the P back.
 func TestConcurrent(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, e Engine) {
-		ctx := context.Background()
-		fd, _ := directFile(t)
-		const workers, ops = 32, 40
-		arena := alignedBuf(t, workers*2*Alignment)
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := range workers {
-			wg.Go(func() {
-				wbuf := arena[2*w*Alignment : (2*w+1)*Alignment]
-				rbuf := arena[(2*w+1)*Alignment : (2*w+2)*Alignment]
-				for i := range ops {
-					off := int64((w*ops + i) * Alignment)
-					fill(wbuf, byte(w*ops+i))
-					if _, err := e.WriteAt(ctx, fd, wbuf, off); err != nil {
-						errs <- err
-						return
-					}
-					if n, err := e.ReadAt(ctx, fd, rbuf, off); err != nil || n != Alignment {
-						errs <- fmt.Errorf("read %d: %d, %v", off, n, err)
-						return
-					}
-					if !bytes.Equal(rbuf, wbuf) {
-						errs <- fmt.Errorf("worker %d op %d read back different bytes", w, i)
-						return
-					}
+	for _, procs := range []int{runtime.GOMAXPROCS(0), 1} {
+		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			forEachEngine(t, func(t *testing.T, e Engine) {
+				ctx := context.Background()
+				fd, _ := directFile(t)
+				const workers, ops = 64, 40
+				arena := alignedBuf(t, workers*2*Alignment)
+				var wg sync.WaitGroup
+				errs := make(chan error, workers)
+				for w := range workers {
+					wg.Go(func() {
+						wbuf := arena[2*w*Alignment : (2*w+1)*Alignment]
+						rbuf := arena[(2*w+1)*Alignment : (2*w+2)*Alignment]
+						for i := range ops {
+							off := int64((w*ops + i) * Alignment)
+							fill(wbuf, byte(w*ops+i))
+							if _, err := e.WriteAt(ctx, fd, wbuf, off); err != nil {
+								errs <- err
+								return
+							}
+							if n, err := e.ReadAt(ctx, fd, rbuf, off); err != nil || n != Alignment {
+								errs <- fmt.Errorf("read %d: %d, %v", off, n, err)
+								return
+							}
+							if !bytes.Equal(rbuf, wbuf) {
+								errs <- fmt.Errorf("worker %d op %d read back different bytes", w, i)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Error(err)
 				}
 			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-	})
+		})
+	}
 }
 
 func TestCancelBeforeSubmit(t *testing.T) {
@@ -239,7 +262,13 @@ func TestCancelBeforeSubmit(t *testing.T) {
 // has let go of the buffer. (psync cannot interrupt a blocking system
 // call, so this is io_uring only.)
 func TestCancelInFlight(t *testing.T) {
-	e, err := Open(Config{Kind: KindUring})
+	for _, m := range uringModes {
+		t.Run(m.name, func(t *testing.T) { testCancelInFlight(t, m.cfg) })
+	}
+}
+
+func testCancelInFlight(t *testing.T, cfg Config) {
+	e, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,9 +364,9 @@ func TestOpenKinds(t *testing.T) {
 // another waits indefinitely (a read of an idle pipe) is not held back
 // behind it: the ring owner must be woken out of its wait for completions.
 func TestNotBlockedByPendingRequest(t *testing.T) {
-	for _, legacy := range []bool{false, true} {
-		t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
-			e, err := Open(Config{Kind: KindUring, noOwner: legacy})
+	for _, m := range uringModes {
+		t.Run(m.name, func(t *testing.T) {
+			e, err := Open(m.cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -79,6 +79,7 @@ const (
 
 	fsyncDatasync = 1 << 0
 
+	setupSQPoll       = 1 << 1
 	setupClamp        = 1 << 4
 	setupSubmitAll    = 1 << 7
 	setupSingleIssuer = 1 << 12 // 6.0
@@ -88,9 +89,13 @@ const (
 	featNoDrop     = 1 << 1
 
 	enterGetEvents = 1 << 0
+	enterSQWakeup  = 1 << 1
+
+	sqNeedWakeup = 1 << 0 // in the SQ ring's flags: the SQPOLL thread sleeps
 
 	registerBuffers   = 0
 	unregisterBuffers = 1
+	registerEventFD   = 4
 
 	offSQRing = 0
 	offCQRing = 0x8000000

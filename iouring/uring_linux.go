@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -19,14 +20,13 @@ import (
 const (
 	tagCancel uint64 = 1 << 62 // | slot id: an async cancel
 	tagStop   uint64 = 1 << 63 // the NOP Close sends to stop the reaper
-	tagWake   uint64 = 1 << 61 // the owner's read of its wake eventfd
 )
 
 // Owner states (uringEngine.state), in owner mode.
 const (
 	ownerRunning int32 = iota // will look at the SQ again before sleeping
 	ownerIdle                 // parked on e.kick: nothing in flight
-	ownerWaiting              // in io_uring_enter(GETEVENTS): wake via eventfd
+	ownerWaiting              // waiting for its eventfd: wake by writing it
 )
 
 // uringEngine shares one io_uring instance between every caller. See the
@@ -70,16 +70,19 @@ type uringEngine struct {
 	// Owner mode (IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN): one goroutine,
 	// locked to its OS thread, is the only task that ever enters the ring.
 	owner     bool
-	state     atomic.Int32 // ownerRunning, ownerIdle or ownerWaiting
-	wakeFD    int          // eventfd the owner keeps a read armed on
-	wakeBuf   *uint64      // that read's buffer (pinned while armed)
-	wakePin   runtime.Pinner
-	wakeArmed bool          // owner only
-	wakeRearm bool          // under mu: the wake read is due once the SQ has room
+	state     atomic.Int32  // ownerRunning, ownerIdle or ownerWaiting
+	wakeFD    int           // the ring's registered eventfd (owner and SQPOLL modes)
+	wakeFile  *os.File      // wakeFD, read through the netpoller
 	stopping  bool          // under mu: Close asked the owner to finish
 	calls     chan func()   // work that must run on the owner thread
 	regMu     sync.Mutex    // serialises RegisterBuffers; guards regs with mu
 	ownerDone chan struct{} // closed when the owner has stopped
+
+	// SQPOLL mode (KindUringSQPoll): a kernel thread polls the SQ and a
+	// reaper goroutine waits for wakeFile.
+	sqpoll  bool
+	sqFlags *uint32     // the SQ ring's flags (sqNeedWakeup)
+	sqStop  atomic.Bool // Close asked the reaper to finish
 }
 
 // request is the state of one request slot.
@@ -123,12 +126,7 @@ func newUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 		_ = unix.Close(fd)
 		return nil, err
 	}
-	e.slots = make(chan uint32, e.sqSize)
-	e.reqs = make([]request, e.sqSize)
-	for i := range e.reqs {
-		e.reqs[i].done = make(chan int32, 1)
-		e.slots <- uint32(i)
-	}
+	e.initSlots()
 	go e.submitLoop()
 	go e.reap()
 	return e, nil
@@ -182,6 +180,16 @@ func (e *uringEngine) mapRings(p *ioUringParams) error {
 	return nil
 }
 
+// initSlots makes one request slot per SQ entry, all free.
+func (e *uringEngine) initSlots() {
+	e.slots = make(chan uint32, e.sqSize)
+	e.reqs = make([]request, e.sqSize)
+	for i := range e.reqs {
+		e.reqs[i].done = make(chan int32, 1)
+		e.slots <- uint32(i)
+	}
+}
+
 func (e *uringEngine) unmap() {
 	for _, b := range e.ringMem {
 		_ = unix.Munmap(b)
@@ -189,8 +197,13 @@ func (e *uringEngine) unmap() {
 	e.ringMem = nil
 }
 
-// Name returns "uring".
-func (e *uringEngine) Name() string { return KindUring }
+// Name returns "uring", or "uring-sqpoll" in SQPOLL mode.
+func (e *uringEngine) Name() string {
+	if e.sqpoll {
+		return KindUringSQPoll
+	}
+	return KindUring
+}
 
 // pushLocked writes one SQE at the tail and publishes it; e.mu must be
 // held and the caller must know there is room.
@@ -205,6 +218,10 @@ func (e *uringEngine) pushLocked(fill func(*sqe)) {
 
 // flushLocked hands everything pending to the submitter (e.mu held).
 func (e *uringEngine) flushLocked() {
+	if e.sqpoll {
+		e.sqpollKickLocked()
+		return
+	}
 	if e.owner {
 		e.wakeOwnerLocked()
 		return
@@ -503,7 +520,7 @@ func (e *uringEngine) Close() error {
 		e.mu.Unlock()
 		if e.owner {
 			<-e.ownerDone
-		} else {
+		} else { // the reaper, in SQPOLL mode too
 			<-e.reaperDone
 		}
 		return nil
@@ -513,6 +530,9 @@ func (e *uringEngine) Close() error {
 	close(e.closing)
 	if e.owner {
 		return e.closeOwner()
+	}
+	if e.sqpoll {
+		return e.closeSQPoll()
 	}
 
 	// Stop the reaper with a NOP of our own: it needs a request slot (and

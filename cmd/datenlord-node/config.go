@@ -140,7 +140,7 @@ func addServeFlags(fs *pflag.FlagSet, c *serveConfig) {
 	fs.BoolVar(&c.FuseDebug, "fuse-debug", false, "log every FUSE request and reply (very verbose)")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory of the local NVMe cache tier (a preallocated pages.dat, kept warm across restarts; empty: no disk tier)")
 	fs.Var(newSizeValue(&c.CacheDisk, defaultCacheDisk), "cache-disk", "size of the NVMe cache tier's file in --cache-dir (needs --cache-dir)")
-	fs.StringVar(&c.IOEngine, "io-engine", defaultIOEngine, "I/O engine of the NVMe cache tier: auto (io_uring where the kernel allows, else pread/pwrite), uring or psync")
+	fs.StringVar(&c.IOEngine, "io-engine", defaultIOEngine, "I/O engine of the NVMe cache tier: auto (io_uring where the kernel allows, else pread/pwrite), uring, uring-sqpoll (io_uring with a kernel thread polling submissions: fewer system calls, one CPU kept busy while I/O flows) or psync")
 	fs.StringVar(&c.CachePolicy, "cache-policy", defaultCachePolicy, "eviction policy of the memory and NVMe cache tiers: "+strings.Join(cache.PolicyNames(), ", ")+" (auto: scan-resistant, sequential reads do not flush the random working set)")
 	addClusterFlags(fs, &c.Cluster)
 	addTransportFlag(fs, &c.Transport)
@@ -258,9 +258,9 @@ func (c *serveConfig) validateCache() error {
 	}
 	c.CachePolicy = strings.ToLower(strings.TrimSpace(c.CachePolicy))
 	switch c.IOEngine = strings.ToLower(strings.TrimSpace(c.IOEngine)); c.IOEngine {
-	case iouring.KindAuto, iouring.KindUring, iouring.KindPsync:
+	case iouring.KindAuto, iouring.KindUring, iouring.KindUringSQPoll, iouring.KindPsync:
 	default:
-		return fmt.Errorf("--io-engine %q: want %s, %s or %s", c.IOEngine, iouring.KindAuto, iouring.KindUring, iouring.KindPsync)
+		return fmt.Errorf("--io-engine %q: want %s, %s, %s or %s", c.IOEngine, iouring.KindAuto, iouring.KindUring, iouring.KindUringSQPoll, iouring.KindPsync)
 	}
 	if c.CacheDir == "" {
 		if c.CacheDiskSet {

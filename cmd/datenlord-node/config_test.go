@@ -93,7 +93,7 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad env size", nil, map[string]string{"DATENLORD_CACHE_MEM": "lots"}, "DATENLORD_CACHE_MEM"},
 		{"bad env bool", nil, map[string]string{"DATENLORD_FUSE_DEBUG": "maybe"}, "DATENLORD_FUSE_DEBUG"},
 		{"bad env duration", nil, map[string]string{"DATENLORD_ENTRY_TIMEOUT": "soon"}, "DATENLORD_ENTRY_TIMEOUT"},
-		{"bad io engine", []string{"--io-engine", "aio"}, nil, `--io-engine "aio": want auto, uring or psync`},
+		{"bad io engine", []string{"--io-engine", "aio"}, nil, `--io-engine "aio": want auto, uring, uring-sqpoll or psync`},
 		{"bad env io engine", nil, map[string]string{"DATENLORD_IO_ENGINE": "spdk"}, "--io-engine"},
 		{"bad cache policy", []string{"--cache-policy", "fifo"}, nil, "--cache-policy: unknown cache policy \"fifo\": valid policies are auto, lru, mru, s3fifo, 2q"},
 		{"cache-disk without cache-dir", []string{"--cache-disk", "1GiB"}, nil, "--cache-disk 1GiB needs --cache-dir"},
@@ -133,6 +133,12 @@ func TestServeCacheFlags(t *testing.T) {
 	}
 	if cfg.CacheDir != "/env/cache" || cfg.CacheDisk != 2<<30 || cfg.IOEngine != "psync" || cfg.CachePolicy != "2q" {
 		t.Errorf("env: dir %q, disk %d, engine %q, policy %q; want /env/cache, 2GiB, psync, 2q (flag wins)", cfg.CacheDir, cfg.CacheDisk, cfg.IOEngine, cfg.CachePolicy)
+	}
+	for _, engine := range []string{"auto", "uring", "Uring-SQPoll", "psync"} {
+		cfg, err = parseServeFlags(t, []string{"--cache-dir", "/c", "--io-engine", engine}, nil)
+		if err != nil || cfg.IOEngine != strings.ToLower(engine) {
+			t.Errorf("--io-engine %s: engine %q, err %v", engine, cfg.IOEngine, err)
+		}
 	}
 }
 
