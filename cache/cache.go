@@ -50,7 +50,12 @@
 // datenlord_cache_hits_total{tier}, datenlord_cache_misses_total{tier},
 // datenlord_cache_bytes{tier}, datenlord_cache_evictions_total{tier} and
 // datenlord_cache_checksum_failures_total{tier}, registered when
-// Config.Registerer is set.
+// Config.Registerer is set. The tier label is a Tier's Name, and
+// datenlord_cache_hits_total also has tier="prefetch": the page reads a
+// block prefetch's buffer served by being lent to a sequential reader
+// (Cache.PinPrefetched), which no tier sees. Hits and misses count page
+// reads, not bytes: a range PinPrefetched lends counts each page it
+// overlaps, as a reader of that range through ReadPage would.
 package cache
 
 import (
@@ -76,7 +81,8 @@ const (
 // Tier is one level of the cache hierarchy. Implementations are safe for
 // concurrent use.
 type Tier interface {
-	// Name is the tier label in metrics ("memory", "disk", "neighbor").
+	// Name is the tier label in metrics ("memory", "disk", "neighbor";
+	// "prefetch" is taken: it labels the hits of lent prefetch buffers).
 	Name() string
 	// Get copies the page into dst (len(dst) >= page size) and returns its
 	// length; ok is false on a miss.

@@ -6,6 +6,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// prefetchTier is the tier label of the page reads that a block
+// prefetch's buffer serves by lending it to a sequential reader
+// (Cache.PinPrefetched). It is not a Tier: only hits are counted under it
+// (a reader that finds no prefetch reads through the tiers, which count
+// the read), so datenlord_cache_misses_total, _bytes, _evictions_total and
+// _checksum_failures_total have no prefetch series. The backend read that
+// filled the buffer is the store's GET, counted by the store.
+const prefetchTier = "prefetch"
+
 // metrics are the cache's collectors, labelled by tier. They exist even
 // without a Registerer (unregistered), so the hot path never checks.
 type metrics struct {

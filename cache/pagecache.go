@@ -45,6 +45,9 @@ type Cache struct {
 	flights  map[PageKey]*flight
 
 	pf prefetchTable // block prefetches in flight (prefetch.go)
+	// pfHits counts the page reads PinPrefetched serves:
+	// datenlord_cache_hits_total{tier="prefetch"}.
+	pfHits prometheus.Counter
 }
 
 // flight is one backend fetch that concurrent misses of a page share.
@@ -93,6 +96,7 @@ func New(cfg Config, backend Backend, extra ...Tier) (*Cache, error) {
 	for _, t := range c.tiers {
 		c.tierM = append(c.tierM, m.forTier(t.Name()))
 	}
+	c.pfHits = m.hits.WithLabelValues(prefetchTier)
 	return c, nil
 }
 

@@ -303,6 +303,11 @@ func (c *Cache) joinPrefetch(ctx context.Context, key PageKey, length int, dst [
 // once every page of the prefetch is consumed, the prefetch is released:
 // later reads of the block go through the tiers (which were offered every
 // page before the prefetch was done).
+//
+// Every page the range overlaps counts as one read served, as ReadPage
+// counts one per page a reader asks for:
+// datenlord_cache_hits_total{tier="prefetch"}. A range no prefetch covers
+// is not counted (the ReadPage that follows counts it).
 func (c *Cache) PinPrefetched(ctx context.Context, block uint64, off, n int) (data []byte, unpin func(), ok bool, err error) {
 	if off < 0 || n <= 0 {
 		return nil, nil, false, nil
@@ -319,6 +324,7 @@ func (c *Cache) PinPrefetched(ctx context.Context, block uint64, off, n int) (da
 	c.pf.mu.Lock()
 	c.pf.markServedLocked(f, off-start, n, ps)
 	c.pf.mu.Unlock()
+	c.pfHits.Add(float64((off+n-1)/ps - off/ps + 1))
 	rel := off - start
 	return f.buf[rel : rel+n : rel+n], func() {
 		c.pf.mu.Lock()

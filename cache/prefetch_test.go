@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestPinPrefetched checks the zero-copy path of a sequential reader: the
 // bytes lent from a prefetch are the block's, a block stays lent until
-// every page was consumed, and a released block is still served (from
-// memory) without another backend read.
+// every page was consumed, a released block is still served (from
+// memory) without another backend read, and every page a pin overlaps is
+// counted once, as a hit of tier "prefetch" and nowhere else.
 func TestPinPrefetched(t *testing.T) {
 	const blockLen = 8*testPage + 100 // a short last page
 	type pin struct{ off, n int }
@@ -19,19 +22,23 @@ func TestPinPrefetched(t *testing.T) {
 		// releasedAfter tells whether the prefetch is released once the
 		// pins were made (every page consumed).
 		releasedAfter bool
+		// wantHits is the prefetch hits the pins count: the pages each
+		// overlaps (pages 1 and 6 of "unaligned pieces" twice).
+		wantHits float64
 	}{
-		{"whole block", []pin{{0, blockLen}}, true},
-		{"page by page", []pin{{0, testPage}, {testPage, 3 * testPage}, {4 * testPage, blockLen - 4*testPage}}, true},
-		{"unaligned pieces", []pin{{0, 5000}, {5000, 20000}, {25000, blockLen - 25000}}, true},
-		{"first half only", []pin{{0, 4 * testPage}}, false},
-		{"end only", []pin{{blockLen - 10, 10}}, false},
+		{"whole block", []pin{{0, blockLen}}, true, 9},
+		{"page by page", []pin{{0, testPage}, {testPage, 3 * testPage}, {4 * testPage, blockLen - 4*testPage}}, true, 9},
+		{"unaligned pieces", []pin{{0, 5000}, {5000, 20000}, {25000, blockLen - 25000}}, true, 2 + 6 + 3},
+		{"first half only", []pin{{0, 4 * testPage}}, false, 4},
+		{"end only", []pin{{blockLen - 10, 10}}, false, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newBackend(t)
 			putBlocks(t, b, blockLen)
 			want := blockData(1, blockLen)
-			c := newCache(t, 1<<20, b, nil)
+			reg := prometheus.NewRegistry()
+			c := newCache(t, 1<<20, b, reg)
 			ctx := context.Background()
 			if err := c.Prefetch(ctx, 1, blockLen, 0, AccessSequential); err != nil {
 				t.Fatal(err)
@@ -46,12 +53,25 @@ func TestPinPrefetched(t *testing.T) {
 				}
 				unpin()
 			}
+			if got := metricValue(t, reg, "datenlord_cache_hits_total", prefetchTier); got != tc.wantHits {
+				t.Errorf("prefetch hits after the pins: %v, want %v", got, tc.wantHits)
+			}
+			for _, name := range []string{"datenlord_cache_hits_total", "datenlord_cache_misses_total"} {
+				if got := metricValue(t, reg, name, "memory"); got != 0 {
+					t.Errorf("%s{tier=memory} after the pins: %v, want 0 (lent reads are prefetch hits only)", name, got)
+				}
+			}
+			if got := metricValue(t, reg, "datenlord_cache_misses_total", prefetchTier); got != 0 {
+				t.Errorf("prefetch misses: %v, want 0 (a prefetch counts only hits)", got)
+			}
+			hits := tc.wantHits
 			_, unpin, ok, err := c.PinPrefetched(ctx, 1, 0, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if ok {
 				unpin()
+				hits++
 			}
 			if ok == tc.releasedAfter {
 				t.Errorf("prefetch still lent after the pins: %v, want %v", ok, !tc.releasedAfter)
@@ -70,6 +90,12 @@ func TestPinPrefetched(t *testing.T) {
 			}
 			if got := b.reads.Load(); got != 1 {
 				t.Errorf("%d backend reads, want 1 (the prefetch)", got)
+			}
+			if got := metricValue(t, reg, "datenlord_cache_hits_total", prefetchTier); got != hits {
+				t.Errorf("prefetch hits after reading through the tiers: %v, want %v (unchanged)", got, hits)
+			}
+			if got := metricValue(t, reg, "datenlord_cache_hits_total", "memory"); got != 9 {
+				t.Errorf("memory hits: %v, want 9 (one per ReadPage)", got)
 			}
 		})
 	}

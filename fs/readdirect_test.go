@@ -16,8 +16,10 @@ import (
 // TestSequentialReadReread reads files cold and sequentially (the path
 // that serves reads straight from the readahead buffers), with read
 // sizes that do and do not line up with pages and blocks, some readers
-// side by side, and then again: every read returns the file's bytes, and
-// the warm re-read of a file the memory tier holds costs no store GET.
+// side by side, and then again: every read returns the file's bytes, the
+// cold read counts every page it reads in the cache metrics (the pages
+// lent from prefetch buffers as hits of tier "prefetch"), and the warm
+// re-read of a file the memory tier holds costs no store GET.
 func TestSequentialReadReread(t *testing.T) {
 	const bs, ps = 256 << 10, 64 << 10
 	cases := []struct {
@@ -37,6 +39,9 @@ func TestSequentialReadReread(t *testing.T) {
 	gets := func() float64 {
 		return labeledCounter(t, reg, "datenlord_store_requests_total", map[string]string{"op": "get"})
 	}
+	pageReads := func(name, tier string) float64 {
+		return labeledCounter(t, reg, name, map[string]string{"tier": tier})
+	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			data := randBytes(uint64(300+i), tc.size)
@@ -45,6 +50,8 @@ func TestSequentialReadReread(t *testing.T) {
 			must(t, os.WriteFile(path, data, 0o644))
 			h.Restart() // cold memory tier
 
+			pf0 := pageReads("datenlord_cache_hits_total", "prefetch")
+			mem0 := pageReads("datenlord_cache_hits_total", "memory") + pageReads("datenlord_cache_misses_total", "memory")
 			var wg sync.WaitGroup
 			errs := make(chan error, tc.readers)
 			for range tc.readers {
@@ -56,6 +63,18 @@ func TestSequentialReadReread(t *testing.T) {
 				if err != nil {
 					t.Fatalf("cold read: %v", err)
 				}
+			}
+			// Every page is read at least once, served by a prefetch's
+			// buffer or asked of the memory tier (the only tier here).
+			pf := pageReads("datenlord_cache_hits_total", "prefetch") - pf0
+			mem := pageReads("datenlord_cache_hits_total", "memory") + pageReads("datenlord_cache_misses_total", "memory") - mem0
+			pages := (tc.size + ps - 1) / ps
+			t.Logf("cold read of %d pages: %v prefetch hits, %v memory hits and misses", pages, pf, mem)
+			if pf == 0 {
+				t.Errorf("cold read: no prefetch hits (reads lent from prefetch buffers are not counted)")
+			}
+			if pf+mem < float64(pages) {
+				t.Errorf("cold read: %v page reads counted (prefetch %v, memory %v), want at least the file's %d pages", pf+mem, pf, mem, pages)
 			}
 
 			before := gets()
