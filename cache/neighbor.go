@@ -474,7 +474,7 @@ func (n *NeighborTier) GetSized(ctx context.Context, key PageKey, length int, ds
 	// A sequential miss of a page we own still fills the whole block,
 	// once for the cluster, at the block's coordinator.
 	if coord.ID == n.cfg.Self {
-		if _, _, err := n.fillBlock(ctx, key.Block, key.Index); err != nil {
+		if _, _, err := n.fillBlock(ctx, key.Block, key.Index, true); err != nil {
 			n.log.Debug("block fill failed; the page is read alone", "block", key.Block, "err", err)
 		}
 		return 0, false, nil // the page is in memory now: Cache.fetch finds it

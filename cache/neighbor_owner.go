@@ -175,7 +175,7 @@ func (n *NeighborTier) fill(ctx context.Context, c *Cache, r readReq, dst []byte
 		live := n.liveNodes()
 		coord, _ := hrwOwner(live, blockKey(r.key.Block))
 		if r.flags&readCoordinate != 0 || coord.ID == n.cfg.Self {
-			block, _, err := n.fillBlock(ctx, r.key.Block, r.key.Index)
+			block, _, err := n.fillBlock(ctx, r.key.Block, r.key.Index, true)
 			if err == nil {
 				off := int(r.key.Index) * n.cfg.PageSize
 				if off+length <= len(block) {
@@ -206,11 +206,13 @@ type blockFill struct {
 }
 
 // fillBlock reads a whole block from persistence with one ranged GET
-// (single flight per block), caches every page here and offers each page
-// to its owner (asynchronously; the queue may drop). fetched reports
-// whether this call did the GET. A page already in memory costs nothing:
-// index names the page the caller wants.
-func (n *NeighborTier) fillBlock(ctx context.Context, block uint64, index uint32) (data []byte, fetched bool, err error) {
+// (single flight per block), caches every page here and, with offer set,
+// offers each page to its owner (asynchronously; the queue may drop).
+// fetched reports whether this call did the GET. A page already in memory
+// costs nothing: index names the page the caller wants. A caller that
+// sends the pages itself (warmLocal) passes offer false; a fill it shares
+// with another caller offers as the one that started it asked.
+func (n *NeighborTier) fillBlock(ctx context.Context, block uint64, index uint32, offer bool) (data []byte, fetched bool, err error) {
 	c, err := n.served()
 	if err != nil {
 		return nil, false, err
@@ -248,6 +250,9 @@ func (n *NeighborTier) fillBlock(ctx context.Context, block uint64, index uint32
 			key := PageKey{Block: block, Index: idx}
 			page := f.data[off:min(off+ps, got)]
 			n.putLocal(sctx, c, key, page, AccessSequential)
+			if !offer {
+				continue
+			}
 			if owner, _ := hrwOwner(live, key); owner.ID != n.cfg.Self {
 				n.enqueue(owner, key, page)
 			}
@@ -316,10 +321,11 @@ func (n *NeighborTier) localStates(c *Cache, keys []PageKey) []uint8 {
 	return states
 }
 
-// handleWarmBlock serves opWarmBlock at a block's coordinator: the block
-// is read once (unless this node holds all of it) and every page is sent
-// to its owner, waiting for each, so that a warm-up leaves the data where
-// readers will look for it.
+// handleWarmBlock serves opWarmBlock at a block's coordinator: pages
+// their owners already hold are left alone, the block is read once if
+// any other page is missing (unless this node holds all of it in memory)
+// and every missing page is sent to its owner, waiting for each, so that
+// a warm-up leaves the data where readers will look for it.
 func (n *NeighborTier) handleWarmBlock(ctx context.Context, peer string, req []byte) ([]byte, error) {
 	block, blockLen, err := decodeWarmReq(req, n.cfg.BlockSize)
 	if err != nil {
@@ -332,6 +338,11 @@ func (n *NeighborTier) handleWarmBlock(ctx context.Context, peer string, req []b
 	return encodeWarmResp(pages, fetched), nil
 }
 
+// warmLocal warms a block this node coordinates. It first asks each
+// owner (one opLocate per owner) which of its pages it holds, in memory
+// or on disk; when every page is held it neither reads the store nor
+// sends a page. Otherwise the block comes from this node's memory or one
+// fill, and only the pages whose owners lack them are sent.
 func (n *NeighborTier) warmLocal(ctx context.Context, block uint64, blockLen int) (int, bool, error) {
 	c, err := n.served()
 	if err != nil {
@@ -339,17 +350,34 @@ func (n *NeighborTier) warmLocal(ctx context.Context, block uint64, blockLen int
 	}
 	ps := n.cfg.PageSize
 	pages := (blockLen + ps - 1) / ps
+	live := n.liveNodes()
+	keys := make([]PageKey, pages)
+	owners := make([]Node, pages)
+	for i := range pages {
+		keys[i] = PageKey{Block: block, Index: uint32(i)}
+		owners[i], _ = hrwOwner(live, keys[i])
+	}
+	held := n.ownersHold(ctx, c, block, keys, owners)
+	missing := 0
+	for _, h := range held {
+		if !h {
+			missing++
+		}
+	}
+	if missing == 0 {
+		return pages, false, nil
+	}
 	data := make([]byte, blockLen)
 	have := true
 	for i := 0; i < pages && have; i++ {
 		off := i * ps
-		got, ok, _ := c.memory.Get(ctx, PageKey{Block: block, Index: uint32(i)}, data[off:min(off+ps, blockLen)])
+		got, ok, _ := c.memory.Get(ctx, keys[i], data[off:min(off+ps, blockLen)])
 		have = ok && got == min(ps, blockLen-off)
 	}
 	fetched := false
 	if !have {
 		var filled []byte
-		if filled, fetched, err = n.fillBlock(ctx, block, uint32(pages-1)); err != nil {
+		if filled, fetched, err = n.fillBlock(ctx, block, uint32(pages-1), false); err != nil {
 			return 0, false, err
 		}
 		if len(filled) < blockLen {
@@ -357,20 +385,17 @@ func (n *NeighborTier) warmLocal(ctx context.Context, block uint64, blockLen int
 		}
 		data = filled[:blockLen]
 	}
-	live := n.liveNodes()
 	var wg sync.WaitGroup
 	errs := make([]error, pages)
 	for i := range pages {
-		key := PageKey{Block: block, Index: uint32(i)}
-		owner, _ := hrwOwner(live, key)
-		if owner.ID == n.cfg.Self {
-			continue // fillBlock or the memory tier has it here
+		if held[i] || owners[i].ID == n.cfg.Self {
+			continue // its owner has it, or fillBlock or the memory tier has it here
 		}
 		page := data[i*ps : min((i+1)*ps, blockLen)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = n.putRemote(ctx, owner, key, page)
+			errs[i] = n.putRemote(ctx, owners[i], keys[i], page)
 		}()
 	}
 	wg.Wait()
@@ -378,6 +403,49 @@ func (n *NeighborTier) warmLocal(ctx context.Context, block uint64, blockLen int
 		return pages, fetched, fmt.Errorf("warm block 0x%016x: %w", block, err)
 	}
 	return pages, fetched, nil
+}
+
+// ownersHold reports, per key, whether owners[i] (this node included)
+// holds keys[i] in memory or on disk, asking each owner once (in
+// parallel, each call bounded by CallTimeout). An owner that cannot be
+// asked holds nothing: its pages are then warmed as if missing.
+func (n *NeighborTier) ownersHold(ctx context.Context, c *Cache, block uint64, keys []PageKey, owners []Node) []bool {
+	held := make([]bool, len(keys))
+	byOwner := make(map[string][]int)
+	nodes := make(map[string]Node)
+	for i, o := range owners {
+		byOwner[o.ID] = append(byOwner[o.ID], i)
+		nodes[o.ID] = o
+	}
+	var wg sync.WaitGroup
+	for id, idx := range byOwner {
+		ks := make([]PageKey, len(idx))
+		for j, i := range idx {
+			ks[j] = keys[i]
+		}
+		if id == n.cfg.Self {
+			for j, s := range n.localStates(c, ks) {
+				held[idx[j]] = s != 0
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
+			defer cancel()
+			states, err := n.locateAt(cctx, nodes[id], ks)
+			if err != nil {
+				n.log.Debug("locate for a warm-up failed; its pages are warmed as missing", "peer", id, "block", block, "err", err)
+				return
+			}
+			for j, s := range states {
+				held[idx[j]] = s != 0 // distinct indices per owner: no race
+			}
+		}()
+	}
+	wg.Wait()
+	return held
 }
 
 // putRemote sends one page to node and waits for it to be taken.

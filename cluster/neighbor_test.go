@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -222,5 +223,90 @@ func TestNeighborAcceptance5WarmupThenRead(t *testing.T) {
 	}
 	if g := clusterGets(t, c) - before; g != 0 {
 		t.Errorf("read after warm-up cost %v store GETs", g)
+	}
+}
+
+// warmedFromStore matches the summary line of `cache warmup`.
+var warmedFromStore = regexp.MustCompile(`\((\d+) blocks read from the store\)`)
+
+// runWarmup runs `cache warmup path` against node and returns how many
+// blocks it reports read from the store.
+func runWarmup(t *testing.T, c *clustertest.Cluster, n *clustertest.Node, path string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Binary(), "cache", "warmup", path, "--addr", n.Addr(), "--cluster-secret-file", c.SecretFile())
+	cmd.Env = os.Environ()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("cache warmup %s: %v\n%s", path, err, out)
+	}
+	t.Logf("cache warmup %s: %s", path, bytes.TrimSpace(out))
+	m := warmedFromStore.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("cache warmup %s: no store read count in %q", path, out)
+	}
+	got, err := strconv.Atoi(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestNeighborWarmupAfterWriteReadsNothing: warming up files right after
+// writing them (their pages already with their owners) reads no block
+// from the store. After a restart of every node (memory caches empty) a
+// warm-up reads each block once, and a read on another node is then
+// served without a store GET.
+func TestNeighborWarmupAfterWriteReadsNothing(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Nodes: 3, Metrics: true})
+	n1, n3 := c.Node(0), c.Node(2)
+	const block = 512 << 10
+	dir := filepath.Join(n1.Mountpoint(), "fresh")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	blocks := 0
+	for name, size := range map[string]int{"a.bin": 2 << 20, "b.bin": 3<<19 + 4096} {
+		files[name] = writeRandomFile(t, filepath.Join(dir, name), size)
+		blocks += (size + block - 1) / block
+	}
+	for name, data := range files {
+		waitVisible(t, filepath.Join(n3.Mountpoint(), "fresh", name), len(data))
+	}
+	time.Sleep(time.Second) // let node 1's offers to the owners drain
+
+	before := clusterGets(t, c)
+	if got := runWarmup(t, c, n1, "/fresh"); got != 0 {
+		t.Errorf("warm-up right after the write read %d blocks from the store, want 0", got)
+	}
+	if g := clusterGets(t, c) - before; g != 0 {
+		t.Errorf("warm-up right after the write cost %v store GETs, want 0", g)
+	}
+
+	// Cold: restart every node in turn (memory tiers only, so they come
+	// back empty), then warm up: each block is read once.
+	for _, n := range c.Nodes() {
+		n.Stop()
+		n.Start()
+		c.WaitLeader(30 * time.Second)
+	}
+	for name, data := range files {
+		waitVisible(t, filepath.Join(n3.Mountpoint(), "fresh", name), len(data))
+	}
+	before = clusterGets(t, c)
+	if got := runWarmup(t, c, n1, "/fresh"); got != blocks {
+		t.Errorf("cold warm-up read %d blocks from the store, want %d", got, blocks)
+	}
+	if g := clusterGets(t, c) - before; g != float64(blocks) {
+		t.Errorf("cold warm-up cost %v store GETs, want %d", g, blocks)
+	}
+	before = clusterGets(t, c)
+	for name, want := range files {
+		readCompare(t, filepath.Join(n3.Mountpoint(), "fresh", name), want)
+	}
+	if g := clusterGets(t, c) - before; g != 0 {
+		t.Errorf("read after the cold warm-up cost %v store GETs", g)
 	}
 }

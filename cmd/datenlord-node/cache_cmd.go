@@ -385,8 +385,9 @@ there.
 
 locate prints, per file, how many bytes each node holds in memory and on its
 NVMe tier and how many it owns. warmup loads files and trees into their owners'
-caches, one store read per block, so that a job that reads them next finds them
-hot.
+caches, so that a job that reads them next finds them hot: a block whose pages
+its owners already hold (in memory or on NVMe) costs no store read and sends no
+page; any other block costs one store read, and only its missing pages are sent.
 
 The cluster secret comes from --cluster-secret-file or DATENLORD_CLUSTER_SECRET.`,
 		Example: `  # Where is the training set cached?
