@@ -82,6 +82,34 @@ func pageOwners(cl *nbCluster, block uint64, size int) map[string]int {
 	return out
 }
 
+// writeThroughFirst writes nblocks blocks from first to the store and
+// through node 1's cache, waits until node 1 has offered every page other
+// nodes own, and then zeroes the call counters.
+func writeThroughFirst(t *testing.T, cl *nbCluster, counters map[string]*callCounter, first, nblocks, seed uint64) map[uint64][]byte {
+	t.Helper()
+	blocks := cl.writeFile(t, first, int(nblocks), seed)
+	n1 := cl.nodes[0]
+	for id := first; id < first+nblocks; id++ {
+		n1.c.PutBlock(context.Background(), id, blocks[id], cache.AccessRandom)
+	}
+	waitOffers(t, n1, float64(remotePages(cl, n1.id, blocks)))
+	for _, c := range counters {
+		c.reset()
+	}
+	return blocks
+}
+
+// readCostsNoGet reads blocks from first through node's cache and fails
+// t if that cost a store GET.
+func readCostsNoGet(t *testing.T, cl *nbCluster, node *nbNode, blocks map[uint64][]byte, first uint64) {
+	t.Helper()
+	before := cl.gets()
+	readAll(t, node.c, blocks, first, cache.AccessSequential)
+	if g := cl.gets() - before; g != 0 {
+		t.Errorf("read after the warm-up cost %v store GETs", g)
+	}
+}
+
 // TestNeighborWarmAfterWrite: warming up blocks just written through
 // node 1 (so their pages sit with their owners) reads nothing from the
 // store, reports no block fetched and sends no page; each coordinator
@@ -89,15 +117,8 @@ func pageOwners(cl *nbCluster, block uint64, size int) map[string]int {
 func TestNeighborWarmAfterWrite(t *testing.T) {
 	cl, counters := countingCluster(t, 3)
 	const first, nblocks = 800, 8
-	blocks := cl.writeFile(t, first, nblocks, 8)
-	n1, n2, n3 := cl.nodes[0], cl.nodes[1], cl.nodes[2]
-	for id := uint64(first); id < first+nblocks; id++ {
-		n1.c.PutBlock(context.Background(), id, blocks[id], cache.AccessRandom)
-	}
-	waitOffers(t, n1, float64(remotePages(cl, n1.id, blocks)))
-	for _, c := range counters {
-		c.reset()
-	}
+	blocks := writeThroughFirst(t, cl, counters, first, nblocks, 8)
+	n2, n3 := cl.nodes[1], cl.nodes[2]
 	before := cl.gets()
 	wantLocates := 0
 	for id := uint64(first); id < first+nblocks; id++ {
@@ -132,11 +153,7 @@ func TestNeighborWarmAfterWrite(t *testing.T) {
 	if locates != wantLocates {
 		t.Errorf("warm-up made %d locate calls, want %d (one per remote owner per block)", locates, wantLocates)
 	}
-	before = cl.gets()
-	readAll(t, n3.c, blocks, first, cache.AccessSequential)
-	if g := cl.gets() - before; g != 0 {
-		t.Errorf("read after the warm-up cost %v store GETs", g)
-	}
+	readCostsNoGet(t, cl, n3, blocks, first)
 }
 
 // TestNeighborWarmLocateFails: when no owner can be asked (every locate
@@ -146,15 +163,8 @@ func TestNeighborWarmAfterWrite(t *testing.T) {
 func TestNeighborWarmLocateFails(t *testing.T) {
 	cl, counters := countingCluster(t, 3, testOpLocate)
 	const first, nblocks = 900, 8
-	blocks := cl.writeFile(t, first, nblocks, 9)
+	blocks := writeThroughFirst(t, cl, counters, first, nblocks, 9)
 	n1, n3 := cl.nodes[0], cl.nodes[2]
-	for id := uint64(first); id < first+nblocks; id++ {
-		n1.c.PutBlock(context.Background(), id, blocks[id], cache.AccessRandom)
-	}
-	waitOffers(t, n1, float64(remotePages(cl, n1.id, blocks)))
-	for _, c := range counters {
-		c.reset()
-	}
 	before := cl.gets()
 	wantGets, wantPuts := 0, 0
 	for id := uint64(first); id < first+nblocks; id++ {
@@ -189,9 +199,5 @@ func TestNeighborWarmLocateFails(t *testing.T) {
 	if puts != wantPuts {
 		t.Errorf("warm-up with failing locates sent %d pages, want %d", puts, wantPuts)
 	}
-	before = cl.gets()
-	readAll(t, n3.c, blocks, first, cache.AccessSequential)
-	if g := cl.gets() - before; g != 0 {
-		t.Errorf("read after the warm-up cost %v store GETs", g)
-	}
+	readCostsNoGet(t, cl, n3, blocks, first)
 }

@@ -68,15 +68,8 @@ func (e *uringEngine) ownerSetup(cfg Config) error {
 	// The eventfd the owner waits on, through the Go netpoller: the kernel
 	// signals it when completions are ready to run (with DEFER_TASKRUN, as
 	// soon as task work is queued); callers write it to hand over new SQEs.
-	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return fail(fmt.Errorf("io_uring eventfd: %w", err))
-	}
-	e.wakeFD = wfd
-	e.wakeFile = os.NewFile(uintptr(wfd), "io_uring-eventfd") // non-blocking: read through the netpoller
-	arg := int32(wfd)
-	if err := ioUringRegister(fd, registerEventFD, unsafe.Pointer(&arg), 1); err != nil {
-		return fail(fmt.Errorf("io_uring register eventfd: %w", err))
+	if err := e.registerEventFD(); err != nil {
+		return fail(err)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -51,15 +50,8 @@ func newSQPollUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 	}
 	e.sqFlags = (*uint32)(unsafe.Pointer(&e.ringMem[0][p.sqOff.flags]))
 	e.initSlots()
-	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return fail(fmt.Errorf("io_uring eventfd: %w", err))
-	}
-	e.wakeFD = wfd
-	e.wakeFile = os.NewFile(uintptr(wfd), "io_uring-eventfd") // non-blocking: read through the netpoller
-	arg := int32(wfd)
-	if err := ioUringRegister(fd, registerEventFD, unsafe.Pointer(&arg), 1); err != nil {
-		return fail(fmt.Errorf("io_uring register eventfd: %w", err))
+	if err := e.registerEventFD(); err != nil {
+		return fail(err)
 	}
 	go e.sqpollReap()
 	return e, nil

@@ -180,6 +180,23 @@ func (e *uringEngine) mapRings(p *ioUringParams) error {
 	return nil
 }
 
+// registerEventFD creates a non-blocking eventfd, registers it with the
+// ring (IORING_REGISTER_EVENTFD), and keeps it as e.wakeFD and, for reads
+// through the Go netpoller, as e.wakeFile.
+func (e *uringEngine) registerEventFD() error {
+	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("io_uring eventfd: %w", err)
+	}
+	e.wakeFD = wfd
+	e.wakeFile = os.NewFile(uintptr(wfd), "io_uring-eventfd")
+	arg := int32(wfd)
+	if err := ioUringRegister(e.ringFD, registerEventFD, unsafe.Pointer(&arg), 1); err != nil {
+		return fmt.Errorf("io_uring register eventfd: %w", err)
+	}
+	return nil
+}
+
 // initSlots makes one request slot per SQ entry, all free.
 func (e *uringEngine) initSlots() {
 	e.slots = make(chan uint32, e.sqSize)
