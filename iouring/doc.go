@@ -47,27 +47,31 @@
 // goroutine, the ring owner, locked to its own OS thread, ever enters the
 // ring: the ring is set up (on that thread) with IORING_SETUP_SINGLE_ISSUER
 // and IORING_SETUP_DEFER_TASKRUN (Linux 6.1), and the owner both submits
-// and reaps. Each round is one non-blocking system call,
-// io_uring_enter(to_submit = whatever callers queued meanwhile,
-// GETEVENTS), which also runs the completions that are ready; the owner
-// then hands each completion to the goroutine waiting for it (user_data is
-// the request slot), so concurrent callers share system calls and
-// completions are batched.
+// and reaps. While requests are in flight it loops on one system call per
+// round, io_uring_enter(to_submit = whatever callers queued meanwhile,
+// min_complete = 1, GETEVENTS), then hands each completion to the goroutine
+// waiting for it (user_data is the request slot), so concurrent callers
+// share system calls and completions are batched. Callers wake the owner
+// only when it sleeps, and at most one of them per sleep: when nothing is
+// in flight it is parked on a channel; when it waits in the kernel, a
+// write to an eventfd (whose read the owner keeps queued on the ring)
+// completes its wait, so a new request never waits behind a slow one.
 //
-// Between rounds the owner waits on an eventfd registered with the ring,
-// read through the Go netpoller, not inside the kernel: the kernel signals
-// it as soon as a completion is ready to run, and a caller that queues an
-// SQE writes it, only when the owner waits and only one caller per wait.
-// With nothing in flight the owner parks on a channel instead. Waiting in
-// the netpoller matters: a goroutine blocked in a system call keeps its P
-// until sysmon takes it back (20 µs to 10 ms later), so the goroutines the
-// owner had just woken sat on a P nobody ran; with GOMAXPROCS=1 (a
-// container with one CPU) that cost 3.5-4x of the IOPS at queue depth 32.
-// Since Linux 6.13 one io_uring_enter runs at most 20 completions and keeps
-// the rest without a new signal, so a round that reaped many enters again
-// before waiting, and the wait is bounded (2 ms) in case a kernel keeps
-// back more. io_uring_register runs on the owner thread too (SINGLE_ISSUER
-// requires it), and so does the ring's setup.
+// A thread blocked in a system call keeps its P until sysmon takes it
+// back, 20 µs to 10 ms later, and the goroutines the owner has just woken
+// are queued on that P: with GOMAXPROCS=1 (a container with one CPU) that
+// cost 3.5-4x of the IOPS at queue depth 32. So after a round that woke
+// callers, and with GOMAXPROCS=1 whenever requests are in flight, the owner
+// waits in the Go netpoller instead, on a second eventfd registered with
+// the ring (IORING_REGISTER_EVENTFD): the kernel signals it as soon as a
+// completion is queued, callers write it to hand over SQEs, and the
+// owner's P runs the callers meanwhile. The kernel signals it only while
+// the owner has it enabled (IORING_CQ_EVENTFD_DISABLED cleared). Since
+// Linux 6.13 one io_uring_enter runs at most 20 completions and keeps the
+// rest without a new signal, so a round that reaped many does not wait,
+// and the wait is bounded (2 ms) in case a kernel keeps back more.
+// io_uring_register runs on the owner thread too (SINGLE_ISSUER requires
+// it), and so does the ring's setup.
 //
 // Why one owner thread is a correctness rule, not a tuning choice: the
 // kernel completes reads and writes with task work. Without DEFER_TASKRUN

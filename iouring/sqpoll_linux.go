@@ -34,21 +34,20 @@ func newSQPollUring(cfg Config, log *slog.Logger) (*uringEngine, error) {
 		return nil, fmt.Errorf("io_uring_setup(%d entries, SQPOLL): %w", cfg.Entries, err)
 	}
 	e := &uringEngine{
-		ringFD: fd, wakeFD: -1, log: log, sqpoll: true,
+		ringFD: fd, evFD: -1, log: log, sqpoll: true,
 		closing: make(chan struct{}), reaperDone: make(chan struct{}),
 	}
 	fail := func(err error) (*uringEngine, error) {
 		e.unmap()
 		_ = unix.Close(fd)
-		if e.wakeFile != nil {
-			_ = e.wakeFile.Close()
+		if e.evFile != nil {
+			_ = e.evFile.Close()
 		}
 		return nil, err
 	}
 	if err := e.mapRings(&p); err != nil {
 		return fail(err)
 	}
-	e.sqFlags = (*uint32)(unsafe.Pointer(&e.ringMem[0][p.sqOff.flags]))
 	e.initSlots()
 	if err := e.registerEventFD(); err != nil {
 		return fail(err)
@@ -91,7 +90,7 @@ func (e *uringEngine) sqpollReap() {
 		if e.sqStop.Load() && e.inflight.Load() == 0 {
 			return
 		}
-		if _, err := e.wakeFile.Read(buf[:]); err != nil {
+		if _, err := e.evFile.Read(buf[:]); err != nil {
 			e.log.Error("io_uring eventfd read failed; polling", "err", err)
 			time.Sleep(100 * time.Microsecond)
 		}
@@ -103,7 +102,7 @@ func (e *uringEngine) sqpollReap() {
 func (e *uringEngine) closeSQPoll() error {
 	e.sqStop.Store(true)
 	one := uint64(1)
-	if _, err := unix.Write(e.wakeFD, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
+	if _, err := unix.Write(e.evFD, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
 		e.log.Error("io_uring eventfd write failed", "err", err)
 	}
 	<-e.reaperDone
@@ -112,7 +111,7 @@ func (e *uringEngine) closeSQPoll() error {
 	e.mu.Unlock()
 	e.unmap()
 	err := unix.Close(e.ringFD) // stops the SQ thread
-	_ = e.wakeFile.Close()
+	_ = e.evFile.Close()
 	if err != nil {
 		return fmt.Errorf("iouring close ring fd %d: %w", e.ringFD, err)
 	}

@@ -93,6 +93,8 @@ const (
 
 	sqNeedWakeup = 1 << 0 // in the SQ ring's flags: the SQPOLL thread sleeps
 
+	cqEventFDDisabled = 1 << 0 // in the CQ ring's flags: do not signal the registered eventfd
+
 	registerBuffers   = 0
 	unregisterBuffers = 1
 	registerEventFD   = 4

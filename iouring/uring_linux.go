@@ -20,13 +20,15 @@ import (
 const (
 	tagCancel uint64 = 1 << 62 // | slot id: an async cancel
 	tagStop   uint64 = 1 << 63 // the NOP Close sends to stop the reaper
+	tagWake   uint64 = 1 << 61 // the owner's read of its wake eventfd
 )
 
 // Owner states (uringEngine.state), in owner mode.
 const (
 	ownerRunning int32 = iota // will look at the SQ again before sleeping
 	ownerIdle                 // parked on e.kick: nothing in flight
-	ownerWaiting              // waiting for its eventfd: wake by writing it
+	ownerWaiting              // in io_uring_enter(GETEVENTS): wake by writing wakeFD
+	ownerPolling              // waiting for evFile in the netpoller: wake by writing evFD
 )
 
 // uringEngine shares one io_uring instance between every caller. See the
@@ -70,19 +72,29 @@ type uringEngine struct {
 	// Owner mode (IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN): one goroutine,
 	// locked to its OS thread, is the only task that ever enters the ring.
 	owner     bool
-	state     atomic.Int32  // ownerRunning, ownerIdle or ownerWaiting
-	wakeFD    int           // the ring's registered eventfd (owner and SQPOLL modes)
-	wakeFile  *os.File      // wakeFD, read through the netpoller
+	state     atomic.Int32 // ownerRunning, ownerIdle, ownerWaiting or ownerPolling
+	wakeFD    int          // eventfd the owner keeps a read armed on
+	wakeBuf   *uint64      // that read's buffer (pinned while armed)
+	wakePin   runtime.Pinner
+	wakeArmed bool          // owner only
+	wakeRearm bool          // under mu: the wake read is due once the SQ has room
+	cqFlags   *uint32       // the CQ ring's flags (cqEventFDDisabled)
 	stopping  bool          // under mu: Close asked the owner to finish
 	calls     chan func()   // work that must run on the owner thread
 	regMu     sync.Mutex    // serialises RegisterBuffers; guards regs with mu
 	ownerDone chan struct{} // closed when the owner has stopped
 
 	// SQPOLL mode (KindUringSQPoll): a kernel thread polls the SQ and a
-	// reaper goroutine waits for wakeFile.
+	// reaper goroutine waits for evFile.
 	sqpoll  bool
 	sqFlags *uint32     // the SQ ring's flags (sqNeedWakeup)
 	sqStop  atomic.Bool // Close asked the reaper to finish
+
+	// The eventfd registered with the ring (owner and SQPOLL modes): the
+	// kernel signals it when completions are ready; read through the
+	// netpoller.
+	evFD   int
+	evFile *os.File
 }
 
 // request is the state of one request slot.
@@ -168,6 +180,7 @@ func (e *uringEngine) mapRings(p *ioUringParams) error {
 	e.sqHead, e.sqTail = u32(sq, p.sqOff.head), u32(sq, p.sqOff.tail)
 	e.sqMask, e.sqSize = *u32(sq, p.sqOff.ringMask), p.sqEntries
 	e.cqHead, e.cqTail = u32(cq, p.cqOff.head), u32(cq, p.cqOff.tail)
+	e.sqFlags, e.cqFlags = u32(sq, p.sqOff.flags), u32(cq, p.cqOff.flags)
 	e.cqMask = *u32(cq, p.cqOff.ringMask)
 	e.cqes = unsafe.Pointer(&cq[p.cqOff.cqes])
 	e.sqes = unsafe.Pointer(&sqesMem[0])
@@ -181,15 +194,15 @@ func (e *uringEngine) mapRings(p *ioUringParams) error {
 }
 
 // registerEventFD creates a non-blocking eventfd, registers it with the
-// ring (IORING_REGISTER_EVENTFD), and keeps it as e.wakeFD and, for reads
-// through the Go netpoller, as e.wakeFile.
+// ring (IORING_REGISTER_EVENTFD), and keeps it as e.evFD and, for reads
+// through the Go netpoller, as e.evFile.
 func (e *uringEngine) registerEventFD() error {
 	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return fmt.Errorf("io_uring eventfd: %w", err)
 	}
-	e.wakeFD = wfd
-	e.wakeFile = os.NewFile(uintptr(wfd), "io_uring-eventfd")
+	e.evFD = wfd
+	e.evFile = os.NewFile(uintptr(wfd), "io_uring-eventfd")
 	arg := int32(wfd)
 	if err := ioUringRegister(e.ringFD, registerEventFD, unsafe.Pointer(&arg), 1); err != nil {
 		return fmt.Errorf("io_uring register eventfd: %w", err)

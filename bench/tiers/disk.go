@@ -45,7 +45,7 @@ func (r *runner) diskSetup(kind string) func(ctx context.Context, size int) (set
 		}
 		fail := func(err error) (setupResult, error) {
 			cleanup()
-			if kind == iouring.KindUring && isUringRefused(err) {
+			if kind != iouring.KindPsync && isUringRefused(err) {
 				return setupResult{}, skipped("io_uring unavailable: %v", err)
 			}
 			return setupResult{}, err
@@ -108,8 +108,11 @@ func (r *runner) diskSetup(kind string) func(ctx context.Context, size int) (set
 			return cache.PageKey{Block: uint64(p/pagesPerBlock + 1), Index: uint32(p % pagesPerBlock)}
 		}
 		tierName, baseName := TierDiskUring, BaseRawUring
-		if kind == iouring.KindPsync {
+		switch kind {
+		case iouring.KindPsync:
 			tierName, baseName = TierDiskPsync, BaseRawPsync
+		case iouring.KindUringSQPoll:
+			tierName, baseName = TierDiskSQPoll, BaseRawSQPoll
 		}
 		res := setupResult{cleanup: cleanup, workloads: map[string]Workload{
 			tierName: func(_ context.Context, _ int) (Op, func(), error) {

@@ -6,6 +6,7 @@
 //	memory               Cache.ReadPage hits in the memory tier         memcpy of the same size over the same working set
 //	disk/uring           DiskTier.Get with the io_uring engine          raw io_uring O_DIRECT reads of the same pages.dat (and fio)
 //	disk/psync           DiskTier.Get with the pread engine             raw pread O_DIRECT reads of the same pages.dat
+//	disk/uring-sqpoll    DiskTier.Get with io_uring and SQPOLL          raw reads of the same pages.dat through that engine
 //	neighbor/tcp         NeighborTier.GetSized from a second in-process node over tcpfallback on 127.0.0.1
 //	                                                                    a raw Go TCP ping-pong of the same size
 //	neighbor/rdma        NeighborTier.GetSized as for neighbor/tcp, the page read from the owner's arena by one-sided RDMA READ
@@ -35,6 +36,7 @@ import (
 	"time"
 
 	"github.com/datenlord/datenlord-go/cache"
+	"github.com/datenlord/datenlord-go/iouring"
 	"github.com/datenlord/datenlord-go/tcpfallback"
 )
 
@@ -49,6 +51,7 @@ const (
 	TierMemory       = "memory"
 	TierDiskUring    = "disk/uring"
 	TierDiskPsync    = "disk/psync"
+	TierDiskSQPoll   = "disk/uring-sqpoll"
 	TierNeighborTCP  = "neighbor/tcp"
 	TierNeighborRDMA = "neighbor/rdma"
 	TierStoreFile    = "store/file"
@@ -57,6 +60,7 @@ const (
 	BaseMemcpy    = "memcpy"
 	BaseRawUring  = "raw-uring"
 	BaseRawPsync  = "raw-pread"
+	BaseRawSQPoll = "raw-uring-sqpoll"
 	BaseFio       = "fio-uring"
 	BaseTCP       = "tcp-pingpong"
 	BaseIBReadLat = "ib_read_lat"
@@ -336,7 +340,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	groups := []group{
 		{tiers: []string{TierMemory, BaseMemcpy}, setup: r.memorySetup},
 		r.diskGroup(),
-		{tiers: []string{TierDiskPsync, BaseRawPsync}, setup: r.diskSetup("psync")},
+		{tiers: []string{TierDiskPsync, BaseRawPsync}, setup: r.diskSetup(iouring.KindPsync)},
+		{tiers: []string{TierDiskSQPoll, BaseRawSQPoll}, setup: r.diskSetup(iouring.KindUringSQPoll)},
 		{tiers: []string{TierNeighborTCP, BaseTCP}, setup: r.neighborSetup},
 		r.rdmaGroup(),
 		{tiers: []string{TierStoreFile, BaseFilePread}, setup: r.fileStoreSetup},
@@ -457,6 +462,8 @@ func noteOf(tier string) string {
 		return "DiskTier.Get: one O_DIRECT read of the page + CRC-32C"
 	case TierDiskPsync:
 		return "DiskTier.Get: one O_DIRECT pread of the page + CRC-32C"
+	case TierDiskSQPoll:
+		return "DiskTier.Get: one O_DIRECT read of the page + CRC-32C, submitted by the kernel's SQ polling thread"
 	case TierNeighborTCP:
 		return "NeighborTier.GetSized from the owner's memory over tcpfallback (auth, frames, CRCs) on 127.0.0.1"
 	case TierNeighborRDMA:

@@ -23,7 +23,7 @@ func TestRunTiny(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{TierMemory, BaseMemcpy, TierDiskUring, BaseRawUring, BaseFio, TierDiskPsync, BaseRawPsync,
+	for _, name := range []string{TierMemory, BaseMemcpy, TierDiskUring, BaseRawUring, BaseFio, TierDiskPsync, BaseRawPsync, TierDiskSQPoll, BaseRawSQPoll,
 		TierNeighborTCP, BaseTCP, TierNeighborRDMA, BaseIBReadLat, BaseRDMARead, TierStoreFile, BaseFilePread, TierStoreS3, BaseS3Get} {
 		row, ok := rep.Find(name, 4096)
 		if !ok {

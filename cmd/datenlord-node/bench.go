@@ -129,6 +129,7 @@ cache, each next to its baseline measured in the same run:
   memory         Cache.ReadPage memory hits            vs memcpy of the same size
   disk/uring     NVMe tier Get, io_uring engine        vs raw io_uring O_DIRECT reads of the same file (and fio)
   disk/psync     NVMe tier Get, pread engine           vs raw O_DIRECT pread of the same file
+  disk/uring-sqpoll  NVMe tier Get, io_uring with SQPOLL  vs raw reads through the same engine
   neighbor/tcp   a second node's memory over TCP       vs a raw TCP ping-pong of the same size
   neighbor/rdma  the same, pages by one-sided RDMA READ  vs perftest's ib_read_lat on the same device
   store/file     local directory store ReadAt          vs pread of the same block file
@@ -246,7 +247,7 @@ bounded by --duration and --iterations, so a default run takes about a minute.`,
 	f.StringVar(&s3URL, "s3-url", "", "s3://BUCKET/PREFIX?endpoint=... for the S3 rows (credentials from AWS_*); default: start versitygw if installed")
 	f.BoolVar(&noS3, "no-s3", false, "skip the S3 rows")
 	f.BoolVar(&noFio, "no-fio", false, "skip the fio baseline even when fio is installed")
-	f.StringSliceVar(&only, "only", nil, "measure only these tiers (memory, disk/uring, disk/psync, neighbor/tcp, neighbor/rdma, store/file, store/s3)")
+	f.StringSliceVar(&only, "only", nil, "measure only these tiers (memory, disk/uring, disk/psync, disk/uring-sqpoll, neighbor/tcp, neighbor/rdma, store/file, store/s3)")
 	f.StringVar(&jsonPath, "json", "", "write every row as JSON to FILE")
 	f.StringVar(&plotPath, "plot", "", "draw the latency distributions to FILE (.svg or .png)")
 	f.StringVar(&logLevel, "log-level", "warn", "log level of the measured components (debug, info, warn, error)")

@@ -57,7 +57,7 @@ func TestBenchTiersLocal(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"memory", "memcpy", "disk/uring", "raw-uring", "fio-uring", "disk/psync", "raw-pread",
-		"neighbor/tcp", "tcp-pingpong", "neighbor/rdma", "ib_read_lat", "rdma-read", "store/file", "file-pread", "store/s3", "aws-sdk-get"} {
+		"disk/uring-sqpoll", "raw-uring-sqpoll", "neighbor/tcp", "tcp-pingpong", "neighbor/rdma", "ib_read_lat", "rdma-read", "store/file", "file-pread", "store/s3", "aws-sdk-get"} {
 		if !seen[want] {
 			t.Errorf("JSON has no %s row", want)
 		}
