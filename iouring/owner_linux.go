@@ -225,25 +225,34 @@ func (e *uringEngine) ownerLoop(cfg Config, ready chan<- error) {
 			}
 		}
 		e.mu.Unlock()
-		done, err := ioUringEnter(e.ringFD, n, minComplete, flags)
+		e.ownerEnter(n, minComplete, flags)
 		e.state.Store(ownerRunning)
-		if done < 0 {
-			done = 0
-		}
-		if uint32(done) < n {
-			e.mu.Lock()
-			e.pending += n - uint32(done)
-			e.mu.Unlock()
-		}
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EBUSY) {
-				e.log.Error("io_uring_enter failed; retrying", "err", err)
-			}
-			// Reap below frees CQ room; back off so a persistent error does not spin.
-			time.Sleep(50 * time.Microsecond)
-		}
 		delivered, _ = e.ownerReap()
 	}
+}
+
+// ownerEnter calls io_uring_enter on the owner thread and puts the SQEs
+// the kernel did not take back into e.pending. It reports whether all n
+// were taken.
+func (e *uringEngine) ownerEnter(n, minComplete, flags uint32) bool {
+	done, err := ioUringEnter(e.ringFD, n, minComplete, flags)
+	if done < 0 {
+		done = 0
+	}
+	if uint32(done) < n {
+		e.mu.Lock()
+		e.pending += n - uint32(done)
+		e.mu.Unlock()
+	}
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EBUSY) {
+			e.log.Error("io_uring_enter failed; retrying", "err", err)
+		}
+		// The reap that follows frees CQ room; back off so a persistent
+		// error does not spin.
+		time.Sleep(50 * time.Microsecond)
+	}
+	return uint32(done) >= n
 }
 
 // pollRound is a round of the owner that waits in the netpoller (state
@@ -257,23 +266,9 @@ func (e *uringEngine) pollRound(n uint32, buf []byte) int {
 	defer func() { atomic.StoreUint32(e.cqFlags, atomic.LoadUint32(e.cqFlags)|cqEventFDDisabled) }()
 	// Completions queued while the eventfd was disabled signalled nothing,
 	// and later ones do not either while those wait: run them now.
-	done, err := ioUringEnter(e.ringFD, n, 0, enterGetEvents)
-	if done < 0 {
-		done = 0
-	}
-	if uint32(done) < n {
-		e.mu.Lock()
-		e.pending += n - uint32(done)
-		e.mu.Unlock()
-	}
-	if err != nil && !errors.Is(err, unix.EINTR) {
-		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EBUSY) {
-			e.log.Error("io_uring_enter failed; retrying", "err", err)
-		}
-		time.Sleep(50 * time.Microsecond)
-	}
+	all := e.ownerEnter(n, 0, enterGetEvents)
 	delivered, reaped := e.ownerReap()
-	if reaped >= localWorkBatch || uint32(done) < n {
+	if reaped >= localWorkBatch || !all {
 		return delivered // more may be ready now: no wait
 	}
 	if err := e.evFile.SetReadDeadline(time.Now().Add(strandedWorkPoll)); err != nil {
