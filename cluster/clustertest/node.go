@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -214,7 +215,7 @@ func (n *Node) kill() error {
 		select {
 		case <-p.done:
 		case <-time.After(30 * time.Second):
-			return fmt.Errorf("node %s did not die after SIGKILL", n.id)
+			return fmt.Errorf("node %s did not die after SIGKILL; its threads' kernel stacks:\n%s", n.id, kernelStacks(p.cmd.Process.Pid))
 		}
 	}
 	return LazyUnmount(n.mount, 10*time.Second)
@@ -268,4 +269,24 @@ func (n *Node) logTail(lines int) string {
 		return fmt.Sprintf("(log %s: %v)", n.logPath, err)
 	}
 	return tail(string(b), lines)
+}
+
+// kernelStacks returns the kernel stack of every thread of process pid
+// (/proc/PID/task/TID/stack, root only): where a process that SIGKILL
+// does not end is stuck.
+func kernelStacks(pid int) string {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, t := range tasks {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, t.Name()))
+		stack, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stack", pid, t.Name()))
+		if err != nil {
+			stack = []byte(err.Error() + "\n")
+		}
+		fmt.Fprintf(&b, "task %s (%s):\n%s", t.Name(), strings.TrimSpace(string(comm)), stack)
+	}
+	return b.String()
 }
