@@ -124,14 +124,6 @@ func (e *uringEngine) wakeOwnerLocked() {
 	}
 }
 
-// writeEventFD adds one to eventfd fd.
-func writeEventFD(log *slog.Logger, fd int) {
-	one := uint64(1)
-	if _, err := unix.Write(fd, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
-		log.Error("io_uring wake eventfd write failed", "err", err, "fd", fd)
-	}
-}
-
 // onOwner runs f on the owner thread and waits for it.
 func (e *uringEngine) onOwner(f func()) {
 	done := make(chan struct{})

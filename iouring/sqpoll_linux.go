@@ -101,10 +101,7 @@ func (e *uringEngine) sqpollReap() {
 // reaper stops once the requests in flight have completed.
 func (e *uringEngine) closeSQPoll() error {
 	e.sqStop.Store(true)
-	one := uint64(1)
-	if _, err := unix.Write(e.evFD, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
-		e.log.Error("io_uring eventfd write failed", "err", err)
-	}
+	writeEventFD(e.log, e.evFD)
 	<-e.reaperDone
 	e.mu.Lock()
 	e.ringGone = true

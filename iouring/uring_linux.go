@@ -210,6 +210,14 @@ func (e *uringEngine) registerEventFD() error {
 	return nil
 }
 
+// writeEventFD adds one to eventfd fd.
+func writeEventFD(log *slog.Logger, fd int) {
+	one := uint64(1)
+	if _, err := unix.Write(fd, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil {
+		log.Error("io_uring wake eventfd write failed", "err", err, "fd", fd)
+	}
+}
+
 // initSlots makes one request slot per SQ entry, all free.
 func (e *uringEngine) initSlots() {
 	e.slots = make(chan uint32, e.sqSize)
